@@ -1,0 +1,111 @@
+"""Argument checks shared by the compiled entry points and the reference.
+
+Every problem is reported before any kernel runs, naming the argument and the shapes:
+``TypeError`` for something that is not a tensor / not a floating dtype, ``ValueError`` for
+wrong shapes, mismatched dtypes or devices, and out-of-range rule parameters.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _shape(t) -> str:
+    return "(" + ", ".join(str(int(s)) for s in t.shape) + ")"
+
+
+def unpack_layer(W, b, rule):
+    """Accept ``W`` as a tensor or as an ``nn.Linear`` (whose weight and bias are then used)."""
+    if isinstance(W, torch.nn.Linear):
+        if b is not None:
+            raise ValueError(f"{rule}: W is an nn.Linear, so b must be None (the layer's own "
+                             "bias is used)")
+        return W.weight, W.bias
+    return W, b
+
+
+def dense(R, a, W, b, rule):
+    """Validate a dense layer's arguments; returns (R, a, W, b) detached."""
+    W, b = unpack_layer(W, b, rule)
+    for name, t in (("R", R), ("a", a), ("W", W)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{rule}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if b is not None and not isinstance(b, torch.Tensor):
+        raise TypeError(f"{rule}: b must be a torch.Tensor or None, got {type(b).__name__}")
+    if W.dim() != 2:
+        raise ValueError(f"{rule}: W must be 2-D (O, I), got shape {_shape(W)}")
+    O, I = W.shape
+    if a.dim() < 1:
+        raise ValueError(f"{rule}: a must have shape (..., I) with I={I}, got a 0-d tensor")
+    if R.dim() < 1:
+        raise ValueError(f"{rule}: R must have shape (..., O) with O={O}, got a 0-d tensor")
+    if a.shape[-1] != I:
+        raise ValueError(f"{rule}: a's last dim must equal W's in_features I={I}; "
+                         f"got a {_shape(a)} and W {_shape(W)}")
+    if R.shape[-1] != O:
+        raise ValueError(f"{rule}: R's last dim must equal W's out_features O={O}; "
+                         f"got R {_shape(R)} and W {_shape(W)}")
+    if R.shape[:-1] != a.shape[:-1]:
+        raise ValueError(f"{rule}: batch dims of R and a differ: R {_shape(R)} vs a {_shape(a)}")
+    if b is not None and (b.dim() != 1 or b.shape[0] != O):
+        raise ValueError(f"{rule}: b must have shape (O,) = ({O},) to match W {_shape(W)}, "
+                         f"got b {_shape(b)}")
+    tensors = [("R", R), ("a", a), ("W", W)] + ([("b", b)] if b is not None else [])
+    for name, t in tensors:
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{rule}: {name} must be a floating tensor, got dtype {t.dtype}")
+    for name, t in tensors[1:]:
+        if t.dtype != R.dtype:
+            raise ValueError(f"{rule}: dtype mismatch: R is {R.dtype} but {name} is {t.dtype}")
+        if t.device != R.device:
+            raise ValueError(f"{rule}: device mismatch: R is on {R.device} but {name} is on "
+                             f"{t.device}")
+    return R.detach(), a.detach(), W.detach(), None if b is None else b.detach()
+
+
+def finite(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def stabilizer(value, name):
+    finite(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def alpha_beta(alpha, beta):
+    finite(alpha, "alpha")
+    finite(beta, "beta")
+    if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-9:
+        raise ValueError(f"alpha_beta needs alpha >= 0, beta >= 0 and alpha - beta = 1, "
+                         f"got alpha={alpha!r}, beta={beta!r}")
+
+
+def bounds(low, high, a):
+    """``low``/``high`` as tensors of ``a``'s dtype/device, broadcast (as views) to a's shape."""
+    out = []
+    for name, v in (("low", low), ("high", high)):
+        if v is None:
+            raise ValueError(f"z_box: {name} is required (a float or a tensor broadcastable to "
+                             f"a {_shape(a)})")
+        if isinstance(v, torch.Tensor):
+            if v.device != a.device and v.numel() != 1:
+                raise ValueError(f"z_box: device mismatch: a is on {a.device} but {name} is on "
+                                 f"{v.device}")
+            v = v.detach().to(device=a.device, dtype=a.dtype)
+        else:
+            finite(v, name)
+            v = torch.tensor(float(v), dtype=a.dtype, device=a.device)
+        try:
+            shape = torch.broadcast_shapes(v.shape, a.shape)
+        except RuntimeError:
+            shape = None
+        if shape != a.shape:
+            raise ValueError(f"z_box: {name} of shape {_shape(v)} is not broadcastable to "
+                             f"a {_shape(a)}")
+        out.append(v.expand(a.shape))
+    return out[0], out[1]

@@ -1,0 +1,74 @@
+"""Registration glue for the compiled kernels: loading, fake kernels, fallback decisions.
+
+The schemas live in ``csrc/lrp.cpp`` (``TORCH_LIBRARY(lrp_ext, m)``); CPU kernels in
+``csrc/cpu``, CUDA kernels in ``csrc/cuda``.  Importing ``lrp_ext._C`` registers them.  When the
+module is missing or fails to load, every public function falls back to ``lrp_ext.reference``
+and warns once.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+OP_NAMES = ("epsilon", "gamma", "alpha_beta", "flat", "w_square", "z_box")
+
+_load_error: str | None = None
+try:  # importing the extension registers the ops with the dispatcher
+    from . import _C  # noqa: F401
+except Exception as exc:  # pragma: no cover - exercised by the no-extension test
+    _load_error = f"{type(exc).__name__}: {exc}"
+
+# dtypes with a compiled kernel, by device type
+_KERNEL_DTYPES = {
+    "cpu": (torch.float32, torch.float64, torch.bfloat16),
+    "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+}
+_DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
+_warned = False
+
+
+def _loaded() -> bool:
+    return _load_error is None and hasattr(torch.ops.lrp_ext, "epsilon")
+
+
+def has_compiled_ops(device="cpu") -> bool:
+    """True when the compiled (C++ or CUDA) kernels for ``device`` are loaded."""
+    dev_type = torch.device(device).type
+    key = _DISPATCH_KEY.get(dev_type)
+    if key is None or not _loaded():
+        return False
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"lrp_ext::{n}", key)
+               for n in OP_NAMES)
+
+
+_compiled_cache: dict = {}
+
+
+def use_compiled(t: torch.Tensor) -> bool:
+    """Whether the compiled op serves tensors like ``t`` (device type and dtype)."""
+    dev_type = t.device.type
+    ok = _compiled_cache.get(dev_type)
+    if ok is None:
+        ok = _compiled_cache[dev_type] = has_compiled_ops(dev_type)
+        if not ok and dev_type in _DISPATCH_KEY:
+            _warn_missing(dev_type)
+    return ok and t.dtype in _KERNEL_DTYPES.get(dev_type, ())
+
+
+def _warn_missing(dev_type):
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    why = _load_error or f"no {dev_type} kernels were built"
+    warnings.warn(f"lrp_ext: compiled kernels not available for {dev_type} ({why}); "
+                  "falling back to the slower lrp_ext.reference", RuntimeWarning, stacklevel=3)
+
+
+if _loaded():
+    def _fake(R, a, W, *args):
+        return torch.empty(a.shape, dtype=a.dtype, device=a.device)
+
+    for _name in OP_NAMES:
+        torch.library.register_fake(f"lrp_ext::{_name}")(_fake)

@@ -1,0 +1,131 @@
+"""Plain-PyTorch LRP rules for a dense layer: the numerical ground truth.
+
+Every function computes exactly the definition in the project's rule specification
+(``docs/rules.md``), with ordinary PyTorch operations in the dtype of its inputs (float64
+included).  They are used as the reference in the tests and as the fallback wherever the
+compiled kernels are missing.
+
+Shapes: ``R`` (..., O), ``a`` (..., I), ``W`` (O, I), ``b`` (O,) or None.  Result (..., I).
+Arguments are validated exactly as by the compiled entry points (see ``lrp_ext._checks``).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _checks
+
+__all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box",
+           "stabilize"]
+
+
+def stabilize(z: torch.Tensor, e: float) -> torch.Tensor:
+    """``z + e * sgn(z)`` with ``sgn(z) = +1`` for ``z >= 0`` (also -0.0) and -1 otherwise."""
+    return z + e * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def _pos(x):
+    return x.clamp(min=0)
+
+
+def _neg(x):
+    return x.clamp(max=0)
+
+
+def _fwd(x, W, b=None):
+    z = x @ W.t()
+    return z if b is None else z + b
+
+
+def _epsilon(R, a, W, b, e):
+    z = _fwd(a, W, b)
+    s = R / stabilize(z, e)
+    return a * (s @ W)
+
+
+def epsilon(R, a, W, b=None, epsilon: float = 1e-6):
+    """LRP-ε: ``z = a Wᵀ + b``, ``s = R / stab(z, ε)``, ``R_in = a ⊙ (s W)``."""
+    R, a, W, b = _checks.dense(R, a, W, b, "epsilon")
+    _checks.stabilizer(epsilon, "epsilon")
+    return _epsilon(R, a, W, b, epsilon)
+
+
+def zero(R, a, W, b=None):
+    """LRP-0: LRP-ε with ε = 1e-9 (only guards exact zeros)."""
+    R, a, W, b = _checks.dense(R, a, W, b, "zero")
+    return _epsilon(R, a, W, b, 1e-9)
+
+
+def gamma(R, a, W, b=None, gamma: float = 0.25, stabilizer: float = 1e-6):
+    """Sign-generalised LRP-γ (see the specification's table)."""
+    R, a, W, b = _checks.dense(R, a, W, b, "gamma")
+    _checks.finite(gamma, "gamma")
+    _checks.stabilizer(stabilizer, "stabilizer")
+    Wu = W + gamma * _pos(W)
+    Wd = W + gamma * _neg(W)
+    bu = None if b is None else b + gamma * _pos(b)
+    bd = None if b is None else b + gamma * _neg(b)
+    ap, an = _pos(a), _neg(a)
+    z = _fwd(a, W, b)
+    zp = _fwd(ap, Wu, bu) + _fwd(an, Wd)
+    zn = _fwd(ap, Wd, bd) + _fwd(an, Wu)
+    sp = R * (z > 0).to(R.dtype) / stabilize(zp, stabilizer)
+    sn = R * (z < 0).to(R.dtype) / stabilize(zn, stabilizer)
+    return ap * (sp @ Wu + sn @ Wd) + an * (sp @ Wd + sn @ Wu)
+
+
+def _alpha_beta(R, a, W, b, alpha, beta, e):
+    Wp, Wn = _pos(W), _neg(W)
+    ap, an = _pos(a), _neg(a)
+    za = _fwd(ap, Wp, None if b is None else _pos(b)) + _fwd(an, Wn)
+    zb = _fwd(ap, Wn, None if b is None else _neg(b)) + _fwd(an, Wp)
+    sa = R / stabilize(za, e)
+    sb = R / stabilize(zb, e)
+    return alpha * (ap * (sa @ Wp) + an * (sa @ Wn)) - beta * (ap * (sb @ Wn) + an * (sb @ Wp))
+
+
+def alpha_beta(R, a, W, b=None, alpha: float = 2.0, beta: float = 1.0,
+               stabilizer: float = 1e-6):
+    """LRP-αβ; requires α ≥ 0, β ≥ 0 and α − β = 1 (``ValueError`` otherwise)."""
+    R, a, W, b = _checks.dense(R, a, W, b, "alpha_beta")
+    _checks.alpha_beta(alpha, beta)
+    _checks.stabilizer(stabilizer, "stabilizer")
+    return _alpha_beta(R, a, W, b, alpha, beta, stabilizer)
+
+
+def z_plus(R, a, W, b=None, stabilizer: float = 1e-6):
+    """LRP-z⁺: LRP-αβ with α = 1, β = 0."""
+    R, a, W, b = _checks.dense(R, a, W, b, "z_plus")
+    _checks.stabilizer(stabilizer, "stabilizer")
+    return _alpha_beta(R, a, W, b, 1.0, 0.0, stabilizer)
+
+
+def flat(R, a, W, b=None, stabilizer: float = 1e-6):
+    """Flat rule: inputs and weights replaced by ones, bias dropped."""
+    R, a, W, b = _checks.dense(R, a, W, b, "flat")
+    _checks.stabilizer(stabilizer, "stabilizer")
+    ones_a = torch.ones_like(a)
+    ones_W = torch.ones_like(W)
+    z = _fwd(ones_a, ones_W)
+    s = R / stabilize(z, stabilizer)
+    return s @ ones_W
+
+
+def w_square(R, a, W, b=None, stabilizer: float = 1e-6):
+    """LRP-w²: input replaced by ones, ``z = 1 (W²)ᵀ + b²``; the activation never multiplies."""
+    R, a, W, b = _checks.dense(R, a, W, b, "w_square")
+    _checks.stabilizer(stabilizer, "stabilizer")
+    W2 = W * W
+    z = _fwd(torch.ones_like(a), W2, None if b is None else b * b)
+    s = R / stabilize(z, stabilizer)
+    return s @ W2
+
+
+def z_box(R, a, W, b=None, low=None, high=None, stabilizer: float = 1e-6):
+    """LRP-z^B for the input layer; ``low``/``high`` are floats or tensors broadcastable to a."""
+    R, a, W, b = _checks.dense(R, a, W, b, "z_box")
+    low, high = _checks.bounds(low, high, a)
+    _checks.stabilizer(stabilizer, "stabilizer")
+    Wp, Wn = _pos(W), _neg(W)
+    z = a @ W.t() - low @ Wp.t() - high @ Wn.t()
+    s = R / stabilize(z, stabilizer)
+    return a * (s @ W) - low * (s @ Wp) - high * (s @ Wn)
