@@ -43,3 +43,11 @@ def pytest_configure(config):
     # the fallback's one-time warning is tested in test_fallback.py (in a fresh process)
     config.addinivalue_line(
         "filterwarnings", "ignore:lrp_ext. compiled kernels not available:RuntimeWarning")
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """Each device with its default code path (CUDA skipped when unavailable)."""
+    if request.param == "cuda" and not testing.cuda_available():
+        pytest.skip("CUDA is not available")
+    return request.param
