@@ -213,12 +213,13 @@ def test_op_direct_bad_shapes(device, name):
         ((R[:, :3], a, W, b), ["R's last dim", "O=4", "[3, 3]"]),
         ((R[:2], a, W, b), ["batch dims of R and a differ", "[2, 4]", "[3, 6]"]),
         ((R, a, W.reshape(-1), b), ["W must be 2-D", "[24]"]),
-        ((R, a, W, b.double()), ["dtype mismatch", "b"]),
         ((R.double(), a, W, b), ["dtype mismatch", "R"]),
+        ((R, a, W.double(), b), ["dtype mismatch", "W"]),
     ]
-    if name not in ("flat", "z_box"):
+    if name not in ("flat", "z_box"):  # the ops that take a bias
         cases.append(((R, a, W, torch.randn(5, device=device)),
                       ["b must have shape (O,)", "[5]"]))
+        cases.append(((R, a, W, b.double()), ["dtype mismatch", "b"]))
     for (R_, a_, W_, b_), fragments in cases:
         args = _op_args(name, R_, a_, W_, b_)
         if name == "z_box" and a_.shape != a.shape:

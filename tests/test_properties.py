@@ -89,7 +89,7 @@ def test_gamma_zero_is_epsilon(backend, bias, positive, dtype):
 
 
 @pytest.mark.parametrize("rule", ["flat", "w_square"])
-@pytest.mark.parametrize("dtype", testing.DTYPES)
+@pytest.mark.parametrize("dtype", testing.DTYPES, ids=["f32", "f64", "bf16"])
 def test_independent_of_a(backend, rule, dtype):
     case = make_case(rule, (5,), 26, 9, dtype, backend.device, seed=15)
     base = call_rule(rule, case.R, case.a, case.W, case.b)
@@ -129,7 +129,7 @@ def test_nn_linear_as_W(backend, rule):
 # ------------------------------------------------------------------------------------------
 # a >= 0: skipping the a- terms must not change a single bit
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", testing.DTYPES)
+@pytest.mark.parametrize("dtype", testing.DTYPES, ids=["f32", "f64", "bf16"])
 @pytest.mark.parametrize("rule", RULES)
 def test_nonneg_skip_gives_identical_numbers(kernel, monkeypatch, rule, dtype):
     """LRP_EXT_ASSUME_MIXED=1 forces the general mixed-sign code; by default a kernel may skip

@@ -188,29 +188,41 @@ def _args(rule, R, a, W, b):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("rule", RULES)
-def test_empty(kernel, rule, dtype):
-    dev = kernel.device
-    opts = dict(dtype=dtype, device=dev)
-    W = torch.randn(5, 4, **opts)
-    b = torch.randn(5, **opts)
-    # empty batch: (0, I) and (2, 0, I)
+def test_empty_batch(kernel, rule, dtype):
+    """No rows: an empty result of shape (0, I) (and (2, 0, I) for leading dims)."""
+    opts = dict(dtype=dtype, device=kernel.device)
+    W, b = torch.randn(5, 4, **opts), torch.randn(5, **opts)
     for batch in ((0,), (2, 0)):
         args, params = _args(rule, torch.empty(batch + (5,), **opts),
                              torch.empty(batch + (4,), **opts), W, b)
         out = call_rule(rule, *args, **params)
-        assert out.shape == batch + (4,) and out.dtype == dtype and out.device.type == dev
-    # O = 0: no outputs, so no relevance to distribute: zeros of a's shape
-    a = torch.randn(3, 4, **opts)
-    for bias in (torch.empty(0, **opts), None):
-        args, params = _args(rule, torch.empty(3, 0, **opts), a, torch.empty(0, 4, **opts),
-                             bias)
-        out = call_rule(rule, *args, **params)
-        assert out.shape == (3, 4) and out.dtype == dtype
-        assert torch.equal(out, torch.zeros_like(a)), f"O=0 gave {out}"
-    # I = 0: the result has no entries
+        assert out.shape == batch + (4,) and out.dtype == dtype
+        assert out.device.type == kernel.device
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("rule", RULES)
+def test_no_outputs(kernel, rule, dtype):
+    """O = 0: no relevance to distribute, so zeros of a's shape."""
+    opts = dict(dtype=dtype, device=kernel.device)
+    for a in (torch.randn(3, 4, **opts), torch.randn(4, **opts)):
+        for bias in (torch.empty(0, **opts), None):
+            args, params = _args(rule, torch.empty(a.shape[:-1] + (0,), **opts), a,
+                                 torch.empty(0, 4, **opts), bias)
+            out = call_rule(rule, *args, **params)
+            assert out.shape == a.shape and out.dtype == dtype
+            assert torch.equal(out, torch.zeros_like(a)), f"O=0 gave {out}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("rule", RULES)
+def test_no_inputs(kernel, rule, dtype):
+    """I = 0: a result without entries, (3, 0)."""
+    opts = dict(dtype=dtype, device=kernel.device)
     args, params = _args(rule, torch.randn(3, 5, **opts), torch.empty(3, 0, **opts),
-                         torch.empty(5, 0, **opts), b)
-    assert call_rule(rule, *args, **params).shape == (3, 0)
+                         torch.empty(5, 0, **opts), torch.randn(5, **opts))
+    out = call_rule(rule, *args, **params)
+    assert out.shape == (3, 0) and out.dtype == dtype
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
