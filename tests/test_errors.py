@@ -6,7 +6,6 @@ The compiled ops validate again in C++ (RuntimeError), for callers of torch.ops.
 import math
 import re
 
-import numpy as np
 import pytest
 import torch
 

@@ -98,7 +98,8 @@ def case_flat():
 def case_w_square():
     # W^2 = [[1, 1], [4, 1]], b^2 = [1, 16];  z = 1 (W^2)^T + b^2 = [1+1+1, 4+1+16] = [3, 21]
     # stabilizer 0: s = [1/3, 3/21] = [1/3, 1/7];  R_in = s W^2 = [1/3 + 4/7, 1/3 + 1/7]
-    return "w_square", ([5.0, -9.0], [1.0, -4.0]), {"stabilizer": 0.0}, [1 / 3 + 4 / 7, 1 / 3 + 1 / 7]
+    return "w_square", ([5.0, -9.0], [1.0, -4.0]), {"stabilizer": 0.0}, \
+        [1 / 3 + 4 / 7, 1 / 3 + 1 / 7]
 
 
 def case_w_square_nobias():

@@ -58,7 +58,8 @@ def test_alpha_beta_conserves_without_bias(backend, rule, params, dtype):
 @pytest.mark.parametrize("rule,eps", [("zero", 1e-9), ("epsilon", 1e-6)])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_epsilon_is_gradient_times_input(backend, rule, eps, bias, dtype):
-    """With R = z * g: R / stab(z) = g (1 - eps/|z + ..|), so R_in = a * (g W) = a * grad_a(g . z)."""
+    """With R = z * g: R / stab(z) = g (up to the stabilizer's share), so
+    R_in = a * (g W) = a * grad_a(g . z), gradient x input."""
     case = make_case(rule, (6,), 40, 15, dtype, backend.device, bias=bias, seed=13)
     a = case.a.clone().requires_grad_()
     z = torch.nn.functional.linear(a, case.W, case.b)
