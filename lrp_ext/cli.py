@@ -341,7 +341,7 @@ def cmd_demo(args):
 
 def cmd_bench(args, extra):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    bench_dir = os.path.join(root, "benchmarks")
+    bench_dir = args.bench_dir or os.path.join(root, "benchmarks")
     names = {"layers": "bench_layers.py", "models": "bench_models.py"}
     which = [args.only] if args.only else ["layers", "models"]
     scripts = [os.path.join(bench_dir, names[w]) for w in which]
@@ -350,10 +350,14 @@ def cmd_bench(args, extra):
         raise InputError(f"benchmark script not found: {missing[0]} (benchmarks ship with the "
                          "source checkout)")
     passthrough = (["--quick"] if args.quick else []) + list(extra)
+    # the scripts import the same lrp_ext as this command
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
     rc = 0
     for s in scripts:
         print(f"== {os.path.basename(s)} {' '.join(passthrough)}".rstrip(), flush=True)
-        r = subprocess.run([sys.executable, s] + passthrough, cwd=root)
+        r = subprocess.run([sys.executable, s] + passthrough, cwd=os.path.dirname(bench_dir),
+                           env=env)
         if r.returncode:
             print(f"lrp-ext bench: {os.path.basename(s)} exited with code {r.returncode}",
                   file=sys.stderr)
@@ -480,13 +484,16 @@ def build_parser():
                        "Python and prints their tables. Unknown options are passed through.")
     b.add_argument("--quick", action="store_true", help="pass --quick to the scripts")
     b.add_argument("--only", choices=("layers", "models"), help="run one script")
+    b.add_argument("--bench-dir", help="folder holding the scripts (default: benchmarks/ of "
+                   "the source checkout)")
     b.set_defaults(func=None)
     return p
 
 
 def main(argv=None):
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [os.fspath(a) if isinstance(a, os.PathLike) else a
+            for a in (sys.argv[1:] if argv is None else argv)]
     args, extra = parser.parse_known_args(argv)
     if args.command != "bench" and extra:
         parser.parse_args(argv)  # reports the unknown arguments (exit 2)
