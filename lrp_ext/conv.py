@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from . import _checks
 
 __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box",
-           "ConvSpec", "conv_spec"]
+           "ConvSpec", "conv_spec", "apply_spec"]
 
 _aten = torch.ops.aten
 _CONV_TYPES = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
@@ -317,7 +317,10 @@ def _prepare(R, a, spec: ConvSpec, rule, output=None):
 
 def _run(rule, R, a, layer, bias, hyper, body, output=None, extra_inputs=()):
     """Common driver: spec, validation, explicit padding, body, un-padding."""
-    spec = conv_spec(layer, bias, rule=rule, **hyper)
+    if isinstance(layer, ConvSpec):
+        spec = layer
+    else:
+        spec = conv_spec(layer, bias, rule=rule, **hyper)
     R, a, output, unbatched = _prepare(R, a, spec, rule, output)
     with torch.no_grad():
         if spec.pre_pad is None:
@@ -343,6 +346,17 @@ def _run(rule, R, a, layer, bias, hyper, body, output=None, extra_inputs=()):
                     out, = torch.autograd.grad(F.pad(ar, pad, mode=mode), ar, Rp)
     out = out.contiguous()
     return out.squeeze(0) if unbatched else out
+
+
+def apply_spec(rule, R, a, spec: ConvSpec, *, output=None, **params):
+    """Run rule ``rule`` (a name from ``__all__``) for a prepared :class:`ConvSpec`.
+
+    Used by model-level code that has already built the (possibly BatchNorm-merged) weights;
+    ``params`` are the rule's parameters, ``output`` as in the rule functions.
+    """
+    if rule in ("epsilon", "zero", "gamma", "alpha_beta"):
+        params["output"] = output
+    return globals()[rule](R, a, spec, **params)
 
 
 def _hyper(stride, padding, dilation, groups, transposed, output_padding):
@@ -592,6 +606,8 @@ def z_box(R, a, layer, bias=None, *, low=None, high=None, stride=1, padding=0, d
             spec_nd = layer.weight.dim() - 2
         elif isinstance(layer, torch.Tensor):
             spec_nd = layer.dim() - 2
+        elif isinstance(layer, ConvSpec):
+            spec_nd = layer.nd
         if spec_nd is not None and a.dim() == spec_nd + 1:
             nd_a = a.unsqueeze(0)
         low_, high_ = _checks.bounds(low, high, nd_a)
