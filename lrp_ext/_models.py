@@ -214,7 +214,7 @@ def _explain_fn():
     """``lrp_ext.explain`` (model-level LRP with named composites)."""
     import lrp_ext
     fn = getattr(lrp_ext, "explain", None)
-    if fn is None:
+    if not callable(fn):  # absent, or the submodule lrp_ext.explain itself
         try:
             from lrp_ext.explain import explain as fn
         except ImportError:
