@@ -279,6 +279,10 @@ def cmd_evaluate(args):
     from .dataset import atomic_path, open_dataset
 
     methods = _check_methods(args.composite)
+    for name in ("max_samples", "steps", "patch_size", "batch_size"):
+        if getattr(args, name) < (0 if name == "max_samples" else 1):
+            raise InputError(f"--{name.replace('_', '-')} must be "
+                             f"{'>= 0' if name == 'max_samples' else '>= 1'}")
     device = _device(args.device)
     prep = _prep(args)
     data = open_dataset(args.data, prep)

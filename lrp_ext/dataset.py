@@ -406,8 +406,11 @@ def explain_dataset(model, data, out_dir, *, method, config, batch_size=32, shar
     remove_stale_temps(out_dir, todo)
     exit_after = _exit_hook()
     bar = None
-    if progress:
+    try:
         from tqdm import tqdm
+    except ImportError:  # the progress bar is optional
+        progress = False
+    if progress:
         own = sum(min((s + 1) * shard_size, n) - s * shard_size for s in mine)
         left = sum(min((s + 1) * shard_size, n) - s * shard_size for s in todo)
         bar = tqdm(total=own, initial=own - left, unit="sample", dynamic_ncols=True,

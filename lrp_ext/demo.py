@@ -10,6 +10,7 @@ model, ``torch.save``) and ``digits_test.pt`` (the test split, ``{"x", "y"}``) f
 import os
 import time
 
+import numpy as np
 import torch
 
 from . import evaluate as ev
@@ -90,8 +91,17 @@ def _run(out, epochs, quick, seed, cmap, eval_samples, log):
     log(ev.format_table({SHORT[k]: v for k, v in results.items()}))
 
     os.makedirs(out, exist_ok=True)
-    img = viz.heatmap_grid(x_ev[grid_idx], [rel[m][grid_idx] for m in DEMO_METHODS], cmap,
-                           scale=12, col_labels=["input"] + [SHORT[m] for m in DEMO_METHODS])
+    labels = ["input"] + [SHORT[m] for m in DEMO_METHODS]
+    blocks = [viz.heatmap_grid(x_ev[part], [rel[m][part] for m in DEMO_METHODS], cmap, scale=12,
+                               col_labels=labels)
+              for part in (grid_idx[:(len(grid_idx) + 1) // 2], grid_idx[(len(grid_idx) + 1) // 2:])
+              if len(part)]
+    if len(blocks) == 2 and blocks[1].shape[0] < blocks[0].shape[0]:
+        pad = np.full((blocks[0].shape[0] - blocks[1].shape[0],) + blocks[1].shape[1:], 255,
+                      np.uint8)
+        blocks[1] = np.concatenate([blocks[1], pad])
+    gap = np.full((blocks[0].shape[0], 16, 3), 255, np.uint8)
+    img = np.concatenate([blocks[0], gap, blocks[1]], 1) if len(blocks) == 2 else blocks[0]
     paths = {"heatmaps": os.path.join(out, "heatmaps.png"),
              "evaluation": os.path.join(out, "evaluation.png"),
              "csv": os.path.join(out, "evaluation.csv"),

@@ -312,6 +312,23 @@ def test_explain_dataset_bad_input(files, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_explain_dataset_unreadable_image_midway(files, tmp_path, capsys):
+    import shutil
+    data = tmp_path / "folder"
+    shutil.copytree(files / "folder", data)
+    (data / "dog" / "15.png").write_bytes(b"garbage")          # sample 35: in shard 4
+    out = tmp_path / "o"
+    rc = main(["explain-dataset", "--model", str(files / "model.pt"), "--data", str(data),
+               "--out", str(out)] + DS_ARGS)
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot read image" in err and "15.png" in err and "rerun to resume" in err
+    assert sorted(p.name for p in (out / "shards").iterdir() if p.suffix == ".npy") == [
+        f"relevance-{s:05d}.npy" for s in range(4)]
+    assert not (out / "index.json").exists()
+    assert not [p for p in (out / "shards").iterdir() if p.name.startswith(".")]
+
+
 # --------------------------------------------------------------------------- demo + evaluate
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
@@ -325,11 +342,20 @@ def test_demo_quick(demo_dir, capsys):
               "digits_test.pt"):
         assert (demo_dir / f).stat().st_size > 0, f
     img = Image.open(demo_dir / "heatmaps.png")
-    assert img.size[0] > 5 * 96 and img.size[1] > 10 * 96       # 10 digits x (input + 4 maps)
+    assert img.size[0] > 10 * 96 and img.size[1] > 5 * 96       # 2 x 5 digits x (input + 4 maps)
     model = torch.load(demo_dir / "digits_cnn.pt", weights_only=False)
     test = torch.load(demo_dir / "digits_test.pt")
     acc = (model(test["x"]).argmax(1) == test["y"]).float().mean().item()
     assert acc > 0.7                                   # 2 epochs: already well above chance
+
+
+def test_evaluate_bad_options(demo_dir, capsys):
+    base = ["evaluate", "--model", str(demo_dir / "digits_cnn.pt"), "--data",
+            str(demo_dir / "digits_test.pt")]
+    assert main(base + ["--steps", "0"]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
+    assert main(base + ["--baseline", "blur"]) == 2
+    assert "--baseline" in capsys.readouterr().err
 
 
 def test_evaluate_lrp_beats_random(demo_dir, tmp_path, capsys):
