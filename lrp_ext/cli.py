@@ -5,6 +5,7 @@ model, unreadable image, an input shape the model rejects) prints one line namin
 stderr and exits with code 2, before anything is written.
 """
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -86,16 +87,16 @@ def _dist():
     return rank, world
 
 
-def _any_failed(err, world, device):
-    """True on every rank if any rank has an error (a collective: all ranks must call it)."""
+def _errors(err, world):
+    """The distinct error messages of all ranks, in rank order (a collective: every rank calls
+    it; identical messages, e.g. the same missing file seen by every rank, count once)."""
+    msgs = [str(err)] if err is not None else []
     if world == 1:
-        return err is not None
-    import torch
+        return msgs
     import torch.distributed as dist
-    flag = torch.tensor([0 if err is None else 1], dtype=torch.int64,
-                        device=device if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    gathered = [None] * world
+    dist.all_gather_object(gathered, msgs)
+    return list(dict.fromkeys(m for ms in gathered for m in ms))
 
 
 # --------------------------------------------------------------------------- explain
@@ -193,7 +194,9 @@ def cmd_explain_dataset(args):
         backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend)
+        # ranks wait for each other only at the end: allow for long runs (a rank that dies is
+        # stopped by the launcher, which then stops the others)
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=24))
     try:
         if err is not None:
             raise err
@@ -220,8 +223,9 @@ def cmd_explain_dataset(args):
         check_run_config(args.out, config)
     except InputError as exc:
         err = exc
-    if _any_failed(err, world, device):
-        return _fail(err, args)
+    errors = _errors(err, world)
+    if errors:
+        return _fail(errors, args, rank)
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         if not os.path.exists(os.path.join(args.out, "run.json")):
@@ -237,8 +241,9 @@ def cmd_explain_dataset(args):
                                   target=args.target, progress=not args.no_progress)
     except InputError as exc:
         err = exc
-    if _any_failed(err, world, device):
-        return _fail(err, args, partial=True)
+    errors = _errors(err, world)
+    if errors:
+        return _fail(errors, args, rank, partial=True)
     index = None
     if rank == 0:
         index = write_index(args.out, len(data), args.shard_size, config)
@@ -255,15 +260,18 @@ def cmd_explain_dataset(args):
     return 0
 
 
-def _fail(err, args, partial=False):
-    if err is not None:
-        msg = str(err)
-        if partial:
-            msg += " (finished shards are kept; rerun to resume)"
-        print(f"lrp-ext {args.command}: error: {msg}", file=sys.stderr)
+def _fail(messages, args, rank, partial=False):
+    """Rank 0 prints the errors (one line each), then every rank leaves with exit code 2; the
+    barrier keeps a launcher from stopping rank 0 before it has printed."""
+    if rank == 0:
+        for msg in messages:
+            if partial:
+                msg += " (finished shards are kept; rerun to resume)"
+            print(f"lrp-ext {args.command}: error: {msg}", file=sys.stderr, flush=True)
     try:
         import torch.distributed as dist
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
     except Exception:  # noqa: BLE001
         pass
