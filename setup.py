@@ -51,8 +51,8 @@ if force_cuda and not with_cuda:
 
 sources = ["csrc/lrp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 include_dirs = [os.path.join(ROOT, "csrc")]
-cxx_flags = ["-O3", "-std=c++17", "-Wno-psabi", "-fopenmp"]
-define_macros = [("Py_LIMITED_API", "0x03090000")]
+cxx_flags = ["-O3", "-Wno-psabi", "-ffp-contract=fast", "-fopenmp"]
+define_macros = []
 
 if with_cuda:
     os.environ["CUDA_HOME"] = cuda_home
@@ -71,7 +71,7 @@ if with_cuda:
     ext = CUDAExtension(
         "lrp_ext._C", sources, include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags,
-                            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr",
+                            "nvcc": ["-O3", "--expt-relaxed-constexpr",
                                      "-lineinfo"] + (["-Xptxas", "-v"]
                                                      if _flag("LRP_PTXAS_VERBOSE") else [])},
         extra_link_args=["-fopenmp"], py_limited_api=True)
