@@ -49,7 +49,8 @@ def load_model(spec, device="cpu"):
     else:
         model, desc = _load_torchvision(spec)
     if not isinstance(model, nn.Module):
-        raise InputError(f"model spec {spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
+        raise InputError(f"model spec {spec!r} gave a {type(model).__name__}, not a "
+                         "torch.nn.Module")
     try:
         model = model.to(device)
     except Exception as exc:  # noqa: BLE001 - report, don't crash
@@ -123,7 +124,8 @@ def _load_factory(spec):
     try:
         return obj(), f"{spec}()"
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"model spec {spec!r}: calling {attr}() failed: {_one_line(exc)}") from None
+        raise InputError(f"model spec {spec!r}: calling {attr}() failed: "
+                         f"{_one_line(exc)}") from None
 
 
 def _load_torchvision(name):

@@ -146,6 +146,16 @@ def test_explain_lrp_composites_match_zennit(files, tmp_path):
     assert zennit
 
 
+def test_explain_torchvision_name_random_weights(files, tmp_path, capsys):
+    pytest.importorskip("torchvision")
+    out = tmp_path / "o"
+    assert main(["explain", "--model", "resnet18", "--input", str(files / "a.png"), "--imagenet",
+                 "--resize", "32", "--composite", "epsilon_plus", "--out", str(out)]) == 0
+    assert "weights=None" in capsys.readouterr().out
+    rel = np.load(out / "relevance-epsilon_plus.npy")
+    assert rel.shape == (1, 3, 32, 32) and np.isfinite(rel).all() and np.abs(rel).sum() > 0
+
+
 BAD = [
     (["--model", "{d}/missing.pt", "--input", "{d}/a.png"], "unknown model '.*missing.pt'"),
     (["--model", "no_such_net", "--input", "{d}/a.png"], "unknown model 'no_such_net'"),

@@ -43,7 +43,8 @@ def test_symmetric_normalisation():
     assert tuple(img[0, 1]) == (128, 128, 255)
     assert np.array_equal(viz.heatmap(r, "bwr"), viz.heatmap(7.5 * r, "bwr"))   # scale-free
     flipped = viz.heatmap(-r, "bwr")
-    assert np.array_equal(flipped[..., 0], img[..., 2]) and np.array_equal(flipped[..., 2], img[..., 0])
+    assert np.array_equal(flipped[..., 0], img[..., 2])
+    assert np.array_equal(flipped[..., 2], img[..., 0])
     np.testing.assert_allclose(viz.normalize(r), [[1.0, -0.5, 0.0]])
     np.testing.assert_allclose(viz.normalize(r, level=0.5), [[1.0, -1.0, 0.0]])
 
