@@ -189,6 +189,10 @@ def cmd_explain_dataset(args):
         device = _device(args.device)
     except InputError as exc:
         err = exc
+    if device is not None and device.type == "cuda":
+        # same numbers whichever run computes a shard (a resumed run included)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     if world > 1:
         import torch.distributed as dist
         backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
