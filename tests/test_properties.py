@@ -130,6 +130,11 @@ def test_nn_linear_as_W(backend, rule):
 # ------------------------------------------------------------------------------------------
 # a >= 0: skipping the a- terms must not change a single bit
 # ------------------------------------------------------------------------------------------
+# The specification asks for the same numbers: bitwise (0).  A positive value n accepts a
+# norm-wise relative difference of n unit roundoffs of the dtype instead.
+NONNEG_SKIP_RTOL = 0
+
+
 @pytest.mark.parametrize("dtype", testing.DTYPES, ids=["f32", "f64", "bf16"])
 @pytest.mark.parametrize("rule", RULES)
 def test_nonneg_skip_gives_identical_numbers(kernel, monkeypatch, rule, dtype):
@@ -147,6 +152,10 @@ def test_nonneg_skip_gives_identical_numbers(kernel, monkeypatch, rule, dtype):
         monkeypatch.setenv(var, "1")
         mixed = call_rule(rule, case.R, a, case.W, case.b, **case.params)
         monkeypatch.delenv(var)
-        assert torch.equal(default, mixed), \
-            (f"{rule} {tuple(a.shape)}: a>=0 default and forced mixed-sign paths differ by "
-             f"{(default.double() - mixed.double()).abs().max():.3e}")
+        msg = (f"{rule} {tuple(a.shape)}: a>=0 default and forced mixed-sign paths differ by "
+               f"{(default.double() - mixed.double()).abs().max():.3e}")
+        if NONNEG_SKIP_RTOL == 0:
+            assert torch.equal(default, mixed), msg
+        else:
+            testing.assert_close_norm(default, mixed, NONNEG_SKIP_RTOL * testing.unit_roundoff(
+                dtype), msg=msg)
