@@ -42,7 +42,8 @@ constexpr int kNT = 4;            // batch rows per tile of the fused kernels
 constexpr int kFwdWarps = 4;      // forward: one warp per output row, 4 rows per block
 constexpr int kFwdUnroll = 4;     // forward: 16-byte chunks of a W row in flight per lane
 constexpr int kBwdThreads = 256;  // backward: one 16-byte column slice of W per thread
-constexpr int kBwdUnroll = 4;     // backward: W rows in flight per thread
+constexpr int kBwdUnroll = 4;     // backward: W rows in flight per thread (2 where registers
+                                  // would spill: two sums per element with 2- or 8-byte types)
 constexpr int kEwThreads = 256;   // elementwise kernels
 
 enum Rule : int { RULE_EPS = 0, RULE_GAMMA = 1, RULE_AB = 2, RULE_ZBOX = 3 };
@@ -73,13 +74,20 @@ __device__ __forceinline__ acc_t neg(acc_t x) { return x > acc_t(0) ? acc_t(0) :
 template <typename acc_t>
 __device__ __forceinline__ acc_t stab(acc_t z, acc_t e) { return z + (z >= acc_t(0) ? e : -e); }
 
-// ---- 16-byte loads: unpack a uint4 into V values of the accumulation type (registers only) ----
+// ---- 16-byte loads kept raw (a uint4) until use, unpacked into V accumulation-type values ----
+// gather(): the same 16 bytes from element loads, zero past `limit` (unaligned rows, tails).
 template <typename T> struct Unpack;
 template <> struct Unpack<float> {
   static constexpr int V = 4;
   __device__ __forceinline__ static void run(const uint4& u, float (&x)[4]) {
     x[0] = __uint_as_float(u.x); x[1] = __uint_as_float(u.y);
     x[2] = __uint_as_float(u.z); x[3] = __uint_as_float(u.w);
+  }
+  __device__ __forceinline__ static uint4 gather(const float* p, int64_t i, int64_t limit) {
+    unsigned w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = i + j < limit ? __float_as_uint(p[i + j]) : 0u;
+    return make_uint4(w[0], w[1], w[2], w[3]);
   }
 };
 template <> struct Unpack<double> {
@@ -88,7 +96,26 @@ template <> struct Unpack<double> {
     x[0] = __hiloint2double(static_cast<int>(u.y), static_cast<int>(u.x));
     x[1] = __hiloint2double(static_cast<int>(u.w), static_cast<int>(u.z));
   }
+  __device__ __forceinline__ static uint4 gather(const double* p, int64_t i, int64_t limit) {
+    const double d0 = i < limit ? p[i] : 0.0, d1 = i + 1 < limit ? p[i + 1] : 0.0;
+    return make_uint4(static_cast<unsigned>(__double2loint(d0)),
+                      static_cast<unsigned>(__double2hiint(d0)),
+                      static_cast<unsigned>(__double2loint(d1)),
+                      static_cast<unsigned>(__double2hiint(d1)));
+  }
 };
+// 2-byte types: element 2k in the low half of word k, 2k+1 in the high half
+template <typename T>
+__device__ __forceinline__ uint4 gather16(const T* p, int64_t i, int64_t limit) {
+  unsigned w[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const unsigned lo = i + 2 * k < limit ? static_cast<unsigned>(p[i + 2 * k].x) : 0u;
+    const unsigned hi = i + 2 * k + 1 < limit ? static_cast<unsigned>(p[i + 2 * k + 1].x) : 0u;
+    w[k] = lo | (hi << 16);
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
 __device__ __forceinline__ float h2f(unsigned bits) {
   return __half2float(__ushort_as_half(static_cast<unsigned short>(bits & 0xffffu)));
 }
@@ -98,6 +125,9 @@ template <> struct Unpack<c10::Half> {
     const unsigned w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int k = 0; k < 4; ++k) { x[2 * k] = h2f(w[k]); x[2 * k + 1] = h2f(w[k] >> 16); }
+  }
+  __device__ __forceinline__ static uint4 gather(const c10::Half* p, int64_t i, int64_t limit) {
+    return gather16(p, i, limit);
   }
 };
 template <> struct Unpack<c10::BFloat16> {
@@ -110,19 +140,26 @@ template <> struct Unpack<c10::BFloat16> {
       x[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
     }
   }
+  __device__ __forceinline__ static uint4 gather(const c10::BFloat16* p, int64_t i,
+                                                 int64_t limit) {
+    return gather16(p, i, limit);
+  }
 };
 
-// V consecutive elements p[i .. i+V) (zeros past `limit`); one 16-byte load when allowed.
+// Raw bytes of p[i .. i+V): one 16-byte load when allowed, else element loads.
+template <typename T>
+__device__ __forceinline__ uint4 load_raw(const T* __restrict__ p, int64_t i, int64_t limit,
+                                          bool vec_ok) {
+  constexpr int V = Unpack<T>::V;
+  if (vec_ok && i + V <= limit) return __ldg(reinterpret_cast<const uint4*>(p + i));
+  return Unpack<T>::gather(p, i, limit);
+}
+
+// V consecutive elements p[i .. i+V) as accumulation-type values (zeros past `limit`).
 template <typename T, typename acc_t, int V>
 __device__ __forceinline__ void load_vec(const T* __restrict__ p, int64_t i, int64_t limit,
                                          bool vec_ok, acc_t (&x)[V]) {
-  if (vec_ok && i + V <= limit) {
-    const uint4 u = __ldg(reinterpret_cast<const uint4*>(p + i));
-    Unpack<T>::run(u, x);
-  } else {
-#pragma unroll
-    for (int j = 0; j < V; ++j) x[j] = (i + j < limit) ? static_cast<acc_t>(p[i + j]) : acc_t(0);
-  }
+  Unpack<T>::run(load_raw(p, i, limit, vec_ok), x);
 }
 
 template <typename acc_t>
@@ -191,6 +228,7 @@ fwd_fused_kernel(const T* __restrict__ a, const T* __restrict__ lo, const T* __r
   using acc_t = at::opmath_type<T>;
   constexpr int V = Unpack<T>::V;
   constexpr int64_t STEP = 32 * V;
+  constexpr int U = MODE == F_ZBOX ? 2 : kFwdUnroll;  // z_box streams three inputs
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t n_tile = blockIdx.x % n_tiles;
   const int64_t o_tile = blockIdx.x / n_tiles;
@@ -205,44 +243,47 @@ fwd_fused_kernel(const T* __restrict__ a, const T* __restrict__ lo, const T* __r
   bool seen_neg = false;
   const T* __restrict__ Wrow = W + o * I;
 
-  for (int64_t i = static_cast<int64_t>(lane) * V; i < I; i += STEP * kFwdUnroll) {
-    acc_t w[kFwdUnroll][V];
+  for (int64_t i = static_cast<int64_t>(lane) * V; i < I; i += STEP * U) {
+    uint4 wr[U];
 #pragma unroll
-    for (int u = 0; u < kFwdUnroll; ++u) load_vec<T, acc_t, V>(Wrow, i + u * STEP, I, vec_ok, w[u]);
+    for (int u = 0; u < U; ++u) wr[u] = load_raw(Wrow, i + u * STEP, I, vec_ok);
 #pragma unroll
     for (int n = 0; n < kNT; ++n) {
       if (n < nv) {
         const int64_t row = (n0 + n) * I;
-        acc_t x[kFwdUnroll][V];
+        uint4 xr[U], lr[U], hr[U];
 #pragma unroll
-        for (int u = 0; u < kFwdUnroll; ++u)
-          load_vec<T, acc_t, V>(a + row, i + u * STEP, I, vec_ok, x[u]);
-        if (MODE == F_ZBOX) {
-          acc_t l[kFwdUnroll][V], h[kFwdUnroll][V];
-#pragma unroll
-          for (int u = 0; u < kFwdUnroll; ++u) {
-            load_vec<T, acc_t, V>(lo + row, i + u * STEP, I, vec_ok, l[u]);
-            load_vec<T, acc_t, V>(hi + row, i + u * STEP, I, vec_ok, h[u]);
+        for (int u = 0; u < U; ++u) {
+          xr[u] = load_raw(a + row, i + u * STEP, I, vec_ok);
+          if (MODE == F_ZBOX) {
+            lr[u] = load_raw(lo + row, i + u * STEP, I, vec_ok);
+            hr[u] = load_raw(hi + row, i + u * STEP, I, vec_ok);
           }
+        }
 #pragma unroll
-          for (int u = 0; u < kFwdUnroll; ++u)
+        for (int u = 0; u < U; ++u) {
+          acc_t w[V], x[V];
+          Unpack<T>::run(wr[u], w);
+          Unpack<T>::run(xr[u], x);
+          if (MODE == F_ZBOX) {
+            acc_t l[V], h[V];
+            Unpack<T>::run(lr[u], l);
+            Unpack<T>::run(hr[u], h);
 #pragma unroll
             for (int j = 0; j < V; ++j)
-              s1[n] += (x[u][j] - l[u][j]) * pos(w[u][j]) + (x[u][j] - h[u][j]) * neg(w[u][j]);
-        } else {
-#pragma unroll
-          for (int u = 0; u < kFwdUnroll; ++u)
+              s1[n] += (x[j] - l[j]) * pos(w[j]) + (x[j] - h[j]) * neg(w[j]);
+          } else if (MODE == F_SIGNED) {
 #pragma unroll
             for (int j = 0; j < V; ++j) {
-              if (MODE == F_SIGNED) {
-                const acc_t prod = x[u][j] * w[u][j];
-                s1[n] += pos(prod);
-                s2[n] += neg(prod);
-                seen_neg |= x[u][j] < acc_t(0);
-              } else {
-                s1[n] += x[u][j] * w[u][j];
-              }
+              const acc_t prod = x[j] * w[j];
+              s1[n] += pos(prod);
+              s2[n] += neg(prod);
+              seen_neg |= x[j] < acc_t(0);
             }
+          } else {
+#pragma unroll
+            for (int j = 0; j < V; ++j) s1[n] += x[j] * w[j];
+          }
         }
       }
     }
@@ -283,20 +324,17 @@ __device__ __forceinline__ void bwd_accumulate(
     at::opmath_type<T> (&t1)[kNT][Unpack<T>::V], at::opmath_type<T> (&t2)[kNT][Unpack<T>::V]) {
   using acc_t = at::opmath_type<T>;
   constexpr int V = Unpack<T>::V;
-  for (int64_t o = o_begin; o < o_end; o += kBwdUnroll) {
-    acc_t w[kBwdUnroll][V];
+  constexpr int U = (MODE == B_SIGNED || MODE == B_SPLIT) && sizeof(T) != 4 ? 2 : kBwdUnroll;
+  for (int64_t o = o_begin; o < o_end; o += U) {
+    uint4 wr[U];
 #pragma unroll
-    for (int u = 0; u < kBwdUnroll; ++u) {
-      if (o + u < o_end) {
-        load_vec<T, acc_t, V>(W + (o + u) * I, i0, I, vec_ok, w[u]);
-      } else {
+    for (int u = 0; u < U; ++u)
+      wr[u] = o + u < o_end ? load_raw(W + (o + u) * I, i0, I, vec_ok) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-        for (int j = 0; j < V; ++j) w[u][j] = acc_t(0);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kBwdUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       const bool valid_o = o + u < o_end;
+      acc_t w[V];
+      Unpack<T>::run(wr[u], w);
 #pragma unroll
       for (int n = 0; n < kNT; ++n) {
         const bool valid = valid_o && n < nv;
@@ -306,22 +344,22 @@ __device__ __forceinline__ void bwd_accumulate(
           const acc_t c1 = valid ? C1[cidx] : acc_t(0);
 #pragma unroll
           for (int j = 0; j < V; ++j) {
-            const acc_t wp = pos(w[u][j]), wn = neg(w[u][j]);
+            const acc_t wp = pos(w[j]), wn = neg(w[j]);
             t1[n][j] += c0 * wp + c1 * wn;
             if (T2) t2[n][j] += c1 * wp + c0 * wn;
           }
         } else if (MODE == B_SPLIT) {
 #pragma unroll
           for (int j = 0; j < V; ++j) {
-            t1[n][j] += c0 * pos(w[u][j]);
-            t2[n][j] += c0 * neg(w[u][j]);
+            t1[n][j] += c0 * pos(w[j]);
+            t2[n][j] += c0 * neg(w[j]);
           }
         } else if (MODE == B_SQUARE) {
 #pragma unroll
-          for (int j = 0; j < V; ++j) t1[n][j] += c0 * (w[u][j] * w[u][j]);
+          for (int j = 0; j < V; ++j) t1[n][j] += c0 * (w[j] * w[j]);
         } else {
 #pragma unroll
-          for (int j = 0; j < V; ++j) t1[n][j] += c0 * w[u][j];
+          for (int j = 0; j < V; ++j) t1[n][j] += c0 * w[j];
         }
       }
     }
@@ -461,7 +499,7 @@ split_w_kernel(const T* __restrict__ W, T* __restrict__ out, int64_t O, int64_t 
 // w_square: warp per row o, zs = stab(sum_i W_oi^2 + b_o^2).  Writes C0[n, o] = R[n, o] / zs
 // (fused path) and/or W2s[o, i] = W_oi^2 / zs (gemm path: R_in = R W2s).
 template <typename T>
-__global__ void __launch_bounds__(kFwdWarps * 32)
+__global__ void __launch_bounds__(kFwdWarps * 32, 8)
 wsq_kernel(const T* __restrict__ W, const T* __restrict__ b, const T* __restrict__ R, int64_t N,
            int64_t O, int64_t I, bool vec_ok, at::opmath_type<T> eps,
            at::opmath_type<T>* __restrict__ C0, T* __restrict__ W2s) {
