@@ -131,81 +131,93 @@ struct Plan {
   int kt() const { return bwd == SPLIT || bwd == CROSS ? 2 : 1; }
 };
 
-// Strided view of a (K, N, L) array: element (k, n, l) at p[k * sk + n * sn + l].
-template <class T> struct Arr {
-  T* p;
-  int64_t sk, sn;
-  T& operator()(int64_t k, int64_t n, int64_t l) const { return p[k * sk + n * sn + l]; }
-};
-// fused layout (K, N, L) contiguous; gemm layout (N, K * L) for a stacked matmul
-template <class T> Arr<T> arr(const Tensor& t, int64_t K, int64_t N, int64_t L, bool fused) {
-  return fused ? Arr<T>{t.data_ptr<T>(), N * L, L} : Arr<T>{t.data_ptr<T>(), L, K * L};
-}
-
 template <class T> inline T stab(T z, double e) { return z + T(e) * (z >= 0 ? T(1) : T(-1)); }
 template <class T> inline T pos(T x) { return x < 0 ? T(0) : x; }
 template <class T> inline T neg(T x) { return x > 0 ? T(0) : x; }
 
-void par(int64_t n, const std::function<void(int64_t, int64_t)>& f) {
-  at::parallel_for(0, n, 1 << 14, f);
+// parallel over rows n of an (N, L) elementwise stage
+void par_rows(int64_t N, int64_t L, const std::function<void(int64_t, int64_t)>& f) {
+  at::parallel_for(0, N, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, L)), f);
 }
 
-// forward epilogue: z (kz, N, O) -> coefficients c (kc, N, O)
+// Forward epilogue: z (kz, N, O) -> coefficients c (kc, N, O). With zfull (gemm path of the
+// two-coefficient rules), z holds [a W⁺ᵀ, a Wᵀ] instead of [P, M] and c receives
+// [c⁺ − c⁻, c⁻], so that the backward is (c⁺ − c⁻) W⁺ + c⁻ W and W⁻ is never built.
 template <class T>
-void epilogue(const Plan& pl, const Params& pr, Arr<T> z, Arr<T> c, const T* R, const T* b,
+void epilogue(Epi epi, const Params& pr, bool zfull, const T* z, T* c, const T* R, const T* b,
               const T* zrow, int64_t N, int64_t O) {
-  par(N * O, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const int64_t n = j / O, o = j % O;
-      const T r = R[j];
-      switch (pl.epi) {
+  const int64_t NO = N * O;
+  const T e = T(pr.e), g = T(pr.gamma), al = T(pr.alpha), be = T(pr.beta);
+  par_rows(N, O, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* r = R + n * O;
+      const T* z0 = z ? z + n * O : nullptr;
+      const T* z1 = z ? z + NO + n * O : nullptr;
+      T* c0 = c + n * O;
+      T* c1 = c + NO + n * O;
+      switch (epi) {
         case Epi::EPS:
-          c(0, n, o) = r / stab<T>(z(0, n, o) + (b ? b[o] : T(0)), pr.e);
+          for (int64_t o = 0; o < O; ++o) c0[o] = r[o] / stab<T>(z0[o] + (b ? b[o] : T(0)), e);
           break;
         case Epi::ZPLUS:
-          c(0, n, o) = T(pr.alpha) * r / stab<T>(z(0, n, o) + (b ? pos(b[o]) : T(0)), pr.e);
+          for (int64_t o = 0; o < O; ++o)
+            c0[o] = al * r[o] / stab<T>(z0[o] + (b ? pos(b[o]) : T(0)), e);
           break;
         case Epi::BOX:
-          c(0, n, o) = r / stab<T>(z(0, n, o), pr.e);
+          for (int64_t o = 0; o < O; ++o) c0[o] = r[o] / stab<T>(z0[o], e);
           break;
         case Epi::WSQ:
-          c(0, n, o) = r / stab<T>(zrow[o] + (b ? b[o] * b[o] : T(0)), pr.e);
+          for (int64_t o = 0; o < O; ++o)
+            c0[o] = r[o] / stab<T>(zrow[o] + (b ? b[o] * b[o] : T(0)), e);
           break;
-        case Epi::GAMMA: {
-          const T P = z(0, n, o) + (b ? pos(b[o]) : T(0));
-          const T M = z(1, n, o) + (b ? neg(b[o]) : T(0));
-          const T zz = P + M, g = T(pr.gamma);
-          const T sp = r * T(zz > 0 ? 1 : 0) / stab<T>(zz + g * P, pr.e);
-          const T sn = r * T(zz < 0 ? 1 : 0) / stab<T>(zz + g * M, pr.e);
-          c(0, n, o) = sp + sn + g * sp;
-          c(1, n, o) = sp + sn + g * sn;
+        case Epi::GAMMA:
+        case Epi::AB:
+          for (int64_t o = 0; o < O; ++o) {
+            const T P = z0[o] + (b ? pos(b[o]) : T(0));
+            const T M = (zfull ? z1[o] - z0[o] : z1[o]) + (b ? neg(b[o]) : T(0));
+            T cp, cn;
+            if (epi == Epi::GAMMA) {
+              const T zz = P + M;
+              const T sp = r[o] * T(zz > 0 ? 1 : 0) / stab<T>(zz + g * P, e);
+              const T sn = r[o] * T(zz < 0 ? 1 : 0) / stab<T>(zz + g * M, e);
+              cp = sp + sn + g * sp;
+              cn = sp + sn + g * sn;
+            } else {
+              cp = al * r[o] / stab<T>(P, e);
+              cn = -be * r[o] / stab<T>(M, e);
+            }
+            c0[o] = zfull ? cp - cn : cp;
+            c1[o] = cn;
+          }
           break;
-        }
-        case Epi::AB: {
-          const T P = z(0, n, o) + (b ? pos(b[o]) : T(0));
-          const T M = z(1, n, o) + (b ? neg(b[o]) : T(0));
-          c(0, n, o) = T(pr.alpha) * r / stab<T>(P, pr.e);
-          c(1, n, o) = -T(pr.beta) * r / stab<T>(M, pr.e);
-          break;
-        }
       }
     }
   });
 }
 
-// backward epilogue: t (kt, N, I) and the forward inputs x (ki, N, I) -> R_in (N, I)
+// Backward epilogue: t (kt, N, I) and the forward inputs x (ki, N, I) -> R_in (N, I):
+// a ⊙ t0 (Fin::A), x0 ⊙ t0 + x1 ⊙ t1 (Fin::TWO), or t0 (Fin::PLAIN).
 template <class T, class Out>
-void finish(const Plan& pl, Arr<T> t, Arr<T> x, const T* a, Out* out, int64_t N, int64_t I) {
-  par(N * I, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const int64_t n = j / I, i = j % I;
-      T v;
-      switch (pl.fin) {
-        case Fin::A: v = a[j] * t(0, n, i); break;
-        case Fin::TWO: v = x(0, n, i) * t(0, n, i) + x(1, n, i) * t(1, n, i); break;
-        default: v = t(0, n, i);
+void finish(Fin fin, const T* t, const T* x, Out* out, int64_t N, int64_t I) {
+  const int64_t NI = N * I;
+  par_rows(N, I, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* t0 = t + n * I;
+      const T* t1 = t + NI + n * I;
+      const T* x0 = x + n * I;
+      const T* x1 = x + NI + n * I;
+      Out* dst = out + n * I;
+      switch (fin) {
+        case Fin::A:
+          for (int64_t i = 0; i < I; ++i) dst[i] = static_cast<Out>(x0[i] * t0[i]);
+          break;
+        case Fin::TWO:
+          for (int64_t i = 0; i < I; ++i) dst[i] = static_cast<Out>(x0[i] * t0[i] + x1[i] * t1[i]);
+          break;
+        case Fin::PLAIN:
+          for (int64_t i = 0; i < I; ++i) dst[i] = static_cast<Out>(t0[i]);
+          break;
       }
-      out[j] = static_cast<Out>(v);
     }
   });
 }
@@ -220,124 +232,160 @@ WType wtype_of(at::ScalarType s) {
   }
 }
 
-// Modified weights for the gemm path, in the accumulation type T:
-//   ID/POS/SQ: (O, I) W, W⁺, W²;  SPLIT: [W⁺; W⁻] (2O, I);  MERGE: [W⁺ | W⁻] (O, 2I);
-//   CROSS: [[W⁺, W⁻], [W⁻, W⁺]] (2O, 2I).
+// One pass over W building ρ(W) in the accumulation type T for the gemm path: W⁺ (POS), W⁻
+// (NEG) or W² (SQ, also writing the row sums of W² to rowsum).
+enum class Build { POS, NEG, SQ };
 template <class T, class WT>
-Tensor build_weights(const WT* W, int64_t O, int64_t I, Combo kind, at::ScalarType acc) {
-  const int64_t rows = (kind == SPLIT || kind == CROSS) ? 2 * O : O;
-  const int64_t cols = (kind == MERGE || kind == CROSS) ? 2 * I : I;
-  Tensor V = at::empty({rows, cols}, at::TensorOptions().dtype(acc));
-  T* v = V.data_ptr<T>();
+void build_into(const WT* W, int64_t O, int64_t I, Build kind, T* v, T* rowsum) {
   at::parallel_for(0, O, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, I)),
                    [&](int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o) {
       const WT* w = W + o * I;
-      T* r0 = v + o * cols;
+      T* r = v + o * I;
       switch (kind) {
-        case ID: for (int64_t i = 0; i < I; ++i) r0[i] = T(w[i]); break;
-        case POS: for (int64_t i = 0; i < I; ++i) r0[i] = pos(T(w[i])); break;
-        case SQ: for (int64_t i = 0; i < I; ++i) { const T x = T(w[i]); r0[i] = x * x; } break;
-        case SPLIT: {
-          T* r1 = v + (O + o) * cols;
-          for (int64_t i = 0; i < I; ++i) { const T x = T(w[i]); r0[i] = pos(x); r1[i] = neg(x); }
-          break;
-        }
-        case MERGE:
-          for (int64_t i = 0; i < I; ++i) { const T x = T(w[i]); r0[i] = pos(x); r0[I + i] = neg(x); }
-          break;
-        case CROSS: {
-          T* r1 = v + (O + o) * cols;
-          for (int64_t i = 0; i < I; ++i) {
-            const T x = T(w[i]);
-            r0[i] = r1[I + i] = pos(x);
-            r0[I + i] = r1[i] = neg(x);
-          }
+        case Build::POS: for (int64_t i = 0; i < I; ++i) r[i] = pos(T(w[i])); break;
+        case Build::NEG: for (int64_t i = 0; i < I; ++i) r[i] = neg(T(w[i])); break;
+        case Build::SQ: {
+          for (int64_t i = 0; i < I; ++i) { const T x = T(w[i]); r[i] = x * x; }
+          T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+          int64_t i = 0;
+          for (; i + 4 <= I; i += 4) { s0 += r[i]; s1 += r[i + 1]; s2 += r[i + 2]; s3 += r[i + 3]; }
+          for (; i < I; ++i) s0 += r[i];
+          rowsum[o] = (s0 + s1) + (s2 + s3);
           break;
         }
       }
     }
   });
+}
+
+template <class T>
+Tensor build(const Tensor& Wc, Build kind, at::ScalarType acc, Tensor* rowsum = nullptr) {
+  const int64_t O = Wc.size(0), I = Wc.size(1);
+  Tensor V = at::empty({O, I}, at::TensorOptions().dtype(acc));
+  T* rs = nullptr;
+  if (rowsum) {
+    *rowsum = at::empty({1, O}, V.options());
+    rs = rowsum->data_ptr<T>();
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, Wc.scalar_type(), "lrp_ext_build", [&] {
+    build_into<T, scalar_t>(Wc.data_ptr<scalar_t>(), O, I, kind, V.data_ptr<T>(), rs);
+  });
   return V;
 }
 
-// The whole rule: inputs prepared, two products, three elementwise stages.
-// x0/x1: the forward inputs (a, or a⁺/a⁻, or u/v), as (N, I) in T.
+// C (rows of a (K, N, L) stack) = A @ B (+ C when accumulate)
+void mm_into(const Tensor& C, const Tensor& A, const Tensor& B, bool accumulate = false) {
+  if (accumulate)
+    C.addmm_(A, B);
+  else
+    at::mm_out(const_cast<Tensor&>(C), A, B);
+}
+
+// The whole rule: two products and three elementwise stages on the prepared inputs.
+// x: the forward inputs (ki, N, I) in T (a; a⁺/a⁻; or u/v).
 template <class T>
-Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor& a2T,
-                const Tensor& x0, const Tensor& x1, const Tensor& RT, const Tensor& bT,
-                const Tensor& a_like) {
-  const int64_t N = a2T.size(0), I = Wc.size(1), O = Wc.size(0);
-  const at::ScalarType acc = a2T.scalar_type();
+Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor& x,
+                const Tensor& RT, const Tensor& bT, const Tensor& a_like) {
+  const int64_t N = x.size(1), I = Wc.size(1), O = Wc.size(0);
+  const at::ScalarType acc = x.scalar_type();
   const auto opt = at::TensorOptions().dtype(acc);
-  const bool fused = use_fused(N);
-  const int ki = pl.ki(), kz = pl.kz(), kc = pl.kc(), kt = pl.kt();
+  const int kz = pl.kz(), kc = pl.kc(), kt = pl.kt();
   Job job{};
   job.wtype = wtype_of(Wc.scalar_type());
   job.W = Wc.data_ptr();
   job.O = O;
   job.I = I;
+  job.N = N;
 
-  // forward inputs, laid out for the path
-  Tensor x = ki == 1 ? x0 : (fused ? at::stack({x0, x1}) : at::cat({x0, x1}, 1));
-  Arr<T> xa = arr<T>(x, ki, N, I, fused);
-
-  // w² needs only the row sums of W² (the same for every sample)
-  Tensor zrow;
-  if (pl.epi == Epi::WSQ) {
-    zrow = at::empty({1, O}, opt);
-    Tensor ones = at::ones({1, I}, opt);
-    Job j1 = job;
-    j1.combo = SQ;
-    j1.N = 1;
-    j1.x = ones.data_ptr();
-    j1.out = zrow.data_ptr();
-    run_forward(j1);
-  }
-
-  Tensor Vb, z, c, t;
-  if (fused) {
-    if (pl.epi != Epi::WSQ) {
+  Tensor z, c = at::empty({kc, N, O}, opt), t, zrow, xf = x;
+  bool zfull = false;
+  if (use_fused(N)) {
+    if (pl.epi == Epi::WSQ) {  // w² needs only the row sums of W² (the same for every sample)
+      zrow = at::empty({1, O}, opt);
+      Tensor ones = at::ones({1, I}, opt);
+      Job j1 = job;
+      j1.combo = SQ;
+      j1.N = 1;
+      j1.x = ones.data_ptr();
+      j1.out = zrow.data_ptr();
+      run_forward(j1);
+    } else {
       z = at::empty({kz, N, O}, opt);
       job.combo = pl.fwd;
-      job.N = N;
       job.x = x.data_ptr();
       job.out = z.data_ptr();
       run_forward(job);
     }
-    c = at::empty({kc, N, O}, opt);
-  } else {
-    const void* Wp = Wc.data_ptr();
-    auto build = [&](Combo kind) {
-      switch (job.wtype) {
-        case W_F64: return build_weights<T, double>(static_cast<const double*>(Wp), O, I, kind, acc);
-        case W_BF16: return build_weights<T, c10::BFloat16>(static_cast<const c10::BFloat16*>(Wp), O, I, kind, acc);
-        default: return build_weights<T, float>(static_cast<const float*>(Wp), O, I, kind, acc);
-      }
-    };
-    // the backward's stacked weights are the forward's for every plan (see the table above)
-    Vb = build(pl.bwd == MERGE ? SPLIT : pl.bwd == SPLIT ? MERGE : pl.bwd);
-    if (pl.epi != Epi::WSQ) z = at::mm(x, Vb.t());
-    c = at::empty({N, kc * O}, opt);
-  }
-  Arr<T> za = z.defined() ? arr<T>(z, kz, N, O, fused) : Arr<T>{nullptr, 0, 0};
-  Arr<T> ca = arr<T>(c, kc, N, O, fused);
-  epilogue<T>(pl, pr, za, ca, RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
-              zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
-
-  if (fused) {
+    epilogue<T>(pl.epi, pr, false, z.defined() ? z.data_ptr<T>() : nullptr, c.data_ptr<T>(),
+                RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
+                zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
     job.combo = pl.bwd;
-    job.N = N;
     job.x = c.data_ptr();
     t = run_backward(job, kt, acc);
   } else {
-    t = at::mm(c, Vb);
+    // gemm path: ρ(W) built once, ATen matmuls write straight into the stacked buffers
+    const Tensor Wa = Wc.to(acc);  // no copy for float32 / float64
+    Tensor Wp, Wn, W2;
+    if (pl.fwd == ID) {
+      Wp = Wa;
+    } else if (pl.fwd == SQ) {
+      W2 = build<T>(Wc, Build::SQ, acc, &zrow);
+    } else {
+      Wp = build<T>(Wc, Build::POS, acc);
+      if (pl.fwd == CROSS) Wn = build<T>(Wc, Build::NEG, acc);
+    }
+    if (pl.fwd == MERGE) {  // z = x0 W⁺ᵀ + x1 W⁻ᵀ = (x0 − x1) W⁺ᵀ + x1 Wᵀ
+      xf = at::stack({x[0] - x[1], x[1]});
+    }
+    z = at::empty({std::max(kz, pl.fwd == MERGE ? 2 : 1), N, O}, opt);
+    switch (pl.fwd) {
+      case ID: case POS: mm_into(z[0], x[0], Wp.t()); break;
+      case SQ: break;
+      case SPLIT:  // [a W⁺ᵀ, a Wᵀ]
+        zfull = true;
+        mm_into(z[0], x[0], Wp.t());
+        mm_into(z[1], x[0], Wa.t());
+        break;
+      case MERGE:
+        mm_into(z[0], xf[0], Wp.t());
+        mm_into(z[0], xf[1], Wa.t(), true);
+        break;
+      case CROSS:
+        mm_into(z[0], x[0], Wp.t());
+        mm_into(z[0], x[1], Wn.t(), true);
+        mm_into(z[1], x[0], Wn.t());
+        mm_into(z[1], x[1], Wp.t(), true);
+        break;
+    }
+    epilogue<T>(pl.epi, pr, zfull, pl.fwd == SQ ? nullptr : z.data_ptr<T>(), c.data_ptr<T>(),
+                RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
+                zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
+    t = at::empty({kt, N, I}, opt);
+    switch (pl.bwd) {
+      case ID: case POS: mm_into(t[0], c[0], Wp); break;
+      case SQ: mm_into(t[0], c[0], W2); break;
+      case MERGE:  // (c⁺ − c⁻) W⁺ + c⁻ W
+        mm_into(t[0], c[0], Wp);
+        mm_into(t[0], c[1], Wa, true);
+        break;
+      case SPLIT:  // [c W⁺, c W] pairs with (x0 − x1, x1)
+        mm_into(t[0], c[0], Wp);
+        mm_into(t[1], c[0], Wa);
+        break;
+      case CROSS:
+        mm_into(t[0], c[0], Wp);
+        mm_into(t[0], c[1], Wn, true);
+        mm_into(t[1], c[1], Wp);
+        mm_into(t[1], c[0], Wn, true);
+        break;
+    }
   }
-  Arr<T> ta = arr<T>(t, kt, N, I, fused);
 
   Tensor out = at::empty({N, I}, a_like.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "lrp_ext_finish", [&] {
-    finish<T, scalar_t>(pl, ta, xa, a2T.data_ptr<T>(), out.data_ptr<scalar_t>(), N, I);
+    finish<T, scalar_t>(pl.fin, t.data_ptr<T>(), xf.data_ptr<T>(), out.data_ptr<scalar_t>(), N,
+                        I);
   });
   return out;
 }
@@ -388,8 +436,9 @@ Tensor dispatch_plan(const Plan& pl, const Params& pr, const Prepared& p, const 
   if (p.N == 0 || p.I == 0) {
     out = at::empty({p.N, p.I}, a.options());
   } else {
+    const Tensor x = x1.defined() ? at::stack({x0, x1}) : x0.unsqueeze(0);
     AT_DISPATCH_FLOATING_TYPES(p.acc, "lrp_ext_cpu", [&] {
-      out = run_plan<scalar_t>(pl, pr, p.W, p.a2, x0, x1, p.R2, p.b, a);
+      out = run_plan<scalar_t>(pl, pr, p.W, x, p.R2, p.b, a);
     });
   }
   return out.view(a.sizes());
@@ -477,7 +526,7 @@ Tensor flat_cpu(const Tensor& R, const Tensor& a, const Tensor& W, double stabil
     Tensor rs = at::empty({N}, R2.options());
     const T* r = R2.data_ptr<T>();
     T* s = rs.data_ptr<T>();
-    par(N, [&](int64_t n0, int64_t n1) {
+    par_rows(N, O, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         T acc_v = 0;
         for (int64_t o = 0; o < O; ++o) acc_v += r[n * O + o] / z;
@@ -486,8 +535,9 @@ Tensor flat_cpu(const Tensor& R, const Tensor& a, const Tensor& W, double stabil
     });
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "lrp_ext_flat_out", [&] {
       scalar_t* dst = out.data_ptr<scalar_t>();
-      par(N * I, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j) dst[j] = static_cast<scalar_t>(s[j / I]);
+      par_rows(N, I, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t i = 0; i < I; ++i) dst[n * I + i] = static_cast<scalar_t>(s[n]);
       });
     });
   });
