@@ -87,7 +87,14 @@ def ref64(rule, R, a, W, b, low=LOW, high=HIGH):
     return run(reference, rule, d(R), d(a), d(W), d(b), low, high)
 
 
-def assert_close(out, ref, dtype, what=""):
+def rel_err(out, ref):
+    return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def assert_close(out, ref, dtype, what="", native=None):
+    """``out`` within TOL[dtype] of the float64 ``ref`` (relative to its norm).  For half and
+    bfloat16, ``native`` (the reference run in that dtype) may widen the bound to three times its
+    own error: a rule whose z passes through a 2-byte matmul output cannot be more accurate."""
     assert out.dtype == dtype and out.shape == ref.shape, (out.dtype, out.shape, ref.shape)
     out64 = out.double()
     bad_nan = torch.isnan(out64) & ~torch.isnan(ref)
@@ -95,8 +102,11 @@ def assert_close(out, ref, dtype, what=""):
     assert torch.isfinite(ref).all(), f"{what}: reference not finite (bad test data)"
     if ref.numel() == 0:
         return
-    err = (out64 - ref).norm() / ref.norm().clamp_min(1e-300)
-    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:g}"
+    tol = TOL[dtype]
+    if native is not None and dtype in (torch.float16, torch.bfloat16):
+        tol = max(tol, 3 * rel_err(native, ref))
+    err = rel_err(out, ref)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
 
 
 @pytest.mark.parametrize("path", ["fused", "gemm"])
@@ -112,13 +122,14 @@ def test_matches_reference(rule, dtype, bias, signed, shape, contig, path, monke
     R, a, W, b = make_case(rule, dtype, batch, O, I, bias, signed,
                            seed=zlib.crc32(repr((rule, dtype, bias, signed, shape)).encode()))
     ref = ref64(rule, R, a, W, b)
+    native = run(reference, rule, R, a, W, b) if dtype in (torch.float16, torch.bfloat16) else None
     if not contig:
         R, a = _noncontig(R), _noncontig(a)
         W = W.t().contiguous().t()  # column-major W
         b = None if b is None else _noncontig(b)
     out = run(lrp_ext, rule, R, a, W, b)
     assert out.device == a.device
-    assert_close(out, ref, dtype, f"{rule} {dtype} {shape} {path}")
+    assert_close(out, ref, dtype, f"{rule} {dtype} {shape} {path}", native)
 
 
 @pytest.mark.parametrize("path", ["fused", "gemm"])
@@ -134,7 +145,8 @@ def test_z_box_tensor_bounds(bounds, dtype, path, monkeypatch):
     high = (2.0 + torch.rand(shape, generator=g, dtype=torch.float64)).to(dtype).cuda()
     out = lrp_ext.z_box(R, a, W, low=low, high=high)
     ref = ref64("z_box", R, a, W, None, low, high)
-    assert_close(out, ref, dtype, "z_box tensor bounds")
+    native = reference.z_box(R, a, W, None, low, high)
+    assert_close(out, ref, dtype, "z_box tensor bounds", native)
 
 
 @pytest.mark.parametrize("path", ["fused", "gemm"])

@@ -29,6 +29,7 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -441,13 +442,15 @@ finalize_kernel(const Tin* __restrict__ src, int64_t N, int64_t I, int64_t ld, i
   }
 }
 
-// Gemm path: the forward products Z (layout below) become the coefficients, in place.
+// Gemm path: the forward products Z (layout below) become the coefficients C (same layout; C may
+// be Z itself: each thread reads and then writes the same positions).  Tz: the products' type
+// (float for 2-byte inputs, so z is not rounded to 8 or 11 bits before 1/z).
 //   L_SINGLE (N, O): z = Z[n, o] -> c
 //   L_NONNEG (N, 2O): [a W+^T | a W-^T] -> [c+ | c-]
 //   L_MIXED (2N, 2O): rows [a+; a-] times [W+; W-]^T -> rows [[c+ | c-]; [c- | c+]]
-template <typename T>
+template <typename T, typename Tz>
 __global__ void __launch_bounds__(kEwThreads)
-coef_gemm_kernel(T* __restrict__ Z, const T* __restrict__ R, const T* __restrict__ b, int64_t N,
+coef_gemm_kernel(const Tz* Z, T* C, const T* __restrict__ R, const T* __restrict__ b, int64_t N,
                  int64_t O, int layout, RuleParams<at::opmath_type<T>> prm) {
   using acc_t = at::opmath_type<T>;
   const int64_t total = N * O;
@@ -459,22 +462,22 @@ coef_gemm_kernel(T* __restrict__ Z, const T* __restrict__ R, const T* __restrict
     acc_t c0, c1;
     if (layout == L_SINGLE) {
       coefficients(prm, static_cast<acc_t>(Z[idx]), acc_t(0), r, bias, c0, c1);
-      Z[idx] = static_cast<T>(c0);
+      C[idx] = static_cast<T>(c0);
     } else if (layout == L_NONNEG) {
       const int64_t p = n * 2 * O + o, m = p + O;
       coefficients(prm, static_cast<acc_t>(Z[p]), static_cast<acc_t>(Z[m]), r, bias, c0, c1);
-      Z[p] = static_cast<T>(c0);
-      Z[m] = static_cast<T>(c1);
+      C[p] = static_cast<T>(c0);
+      C[m] = static_cast<T>(c1);
     } else {
       const int64_t pp = n * 2 * O + o, pn = pp + O;              // a+ W+, a+ W-
       const int64_t np = (N + n) * 2 * O + o, nn = np + O;        // a- W+, a- W-
       const acc_t s1 = static_cast<acc_t>(Z[pp]) + static_cast<acc_t>(Z[nn]);
       const acc_t s2 = static_cast<acc_t>(Z[pn]) + static_cast<acc_t>(Z[np]);
       coefficients(prm, s1, s2, r, bias, c0, c1);
-      Z[pp] = static_cast<T>(c0);
-      Z[pn] = static_cast<T>(c1);
-      Z[np] = static_cast<T>(c1);
-      Z[nn] = static_cast<T>(c0);
+      C[pp] = static_cast<T>(c0);
+      C[pn] = static_cast<T>(c1);
+      C[np] = static_cast<T>(c1);
+      C[nn] = static_cast<T>(c0);
     }
   }
 }
@@ -683,23 +686,62 @@ at::Tensor fused_path(const Dense& d, const RuleParams<at::opmath_type<T>>& prm,
   return fused_backward<T, BMODE>(d, C0, C1, negflag, emode, lo, hi);
 }
 
-template <typename T>
-void launch_coef_gemm(at::Tensor& Z, const Dense& d, int layout,
-                      const RuleParams<at::opmath_type<T>>& prm) {
-  coef_gemm_kernel<T><<<elementwise_blocks(d.N * d.O), kEwThreads, 0,
-                        at::cuda::getCurrentCUDAStream()>>>(
-      Z.data_ptr<T>(), d.R.data_ptr<T>(), ptr_or_null<T>(d.b), d.N, d.O, layout, prm);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+// Matrix product for the gemm path: float32 output for 2-byte inputs (cuBLAS accumulates in
+// float32 either way; this keeps z and the products unrounded), else the inputs' dtype.  ATen's
+// matmul honours allowTF32CuBLAS for float32.  Falls back to the plain product where the
+// out_dtype overload is refused.
+at::Tensor mm_acc(const at::Tensor& x, const at::Tensor& y) {
+  static std::atomic<bool> out_dtype_ok{true};
+  const auto st = x.scalar_type();
+  if ((st == at::kHalf || st == at::kBFloat16) && out_dtype_ok.load()) {
+    try {
+      return at::mm(x, y, at::kFloat);
+    } catch (const c10::Error&) {
+      out_dtype_ok.store(false);
+    }
+  }
+  return at::mm(x, y);
 }
 
+// Coefficients from the forward products Z (in place when Z has the element type).
+template <typename T>
+at::Tensor launch_coef_gemm(const at::Tensor& Z, const Dense& d, int layout,
+                            const RuleParams<at::opmath_type<T>>& prm) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t blocks = elementwise_blocks(d.N * d.O);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (Z.scalar_type() == d.a.scalar_type()) {
+    coef_gemm_kernel<T, T><<<blocks, kEwThreads, 0, stream>>>(
+        Z.data_ptr<T>(), Z.data_ptr<T>(), d.R.data_ptr<T>(), ptr_or_null<T>(d.b), d.N, d.O,
+        layout, prm);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return Z;
+  }
+  auto C = at::empty(Z.sizes(), d.a.options());
+  coef_gemm_kernel<T, acc_t><<<blocks, kEwThreads, 0, stream>>>(
+      Z.data_ptr<acc_t>(), C.data_ptr<T>(), d.R.data_ptr<T>(), ptr_or_null<T>(d.b), d.N, d.O,
+      layout, prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return C;
+}
+
+// Input-side epilogue over the backward products src (element type or float32).
 template <typename T>
 at::Tensor launch_finalize(const at::Tensor& src, const Dense& d, int64_t ld, int64_t t2_off,
                            int emode, const at::Tensor& lo, const at::Tensor& hi) {
+  using acc_t = at::opmath_type<T>;
   auto out = at::empty({d.N, d.I}, d.a.options());
-  finalize_kernel<T, T><<<elementwise_blocks(d.N * d.I), kEwThreads, 0,
-                          at::cuda::getCurrentCUDAStream()>>>(
-      src.data_ptr<T>(), d.N, d.I, ld, t2_off, 1, 0, d.a.data_ptr<T>(), ptr_or_null<T>(lo),
-      ptr_or_null<T>(hi), emode, out.data_ptr<T>());
+  const int64_t blocks = elementwise_blocks(d.N * d.I);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (src.scalar_type() == d.a.scalar_type()) {
+    finalize_kernel<T, T><<<blocks, kEwThreads, 0, stream>>>(
+        src.data_ptr<T>(), d.N, d.I, ld, t2_off, 1, 0, d.a.data_ptr<T>(), ptr_or_null<T>(lo),
+        ptr_or_null<T>(hi), emode, out.data_ptr<T>());
+  } else {
+    finalize_kernel<T, acc_t><<<blocks, kEwThreads, 0, stream>>>(
+        src.data_ptr<acc_t>(), d.N, d.I, ld, t2_off, 1, 0, d.a.data_ptr<T>(),
+        ptr_or_null<T>(lo), ptr_or_null<T>(hi), emode, out.data_ptr<T>());
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -723,9 +765,8 @@ at::Tensor epsilon_impl(const Dense& d, double eps) {
   const RuleParams<acc_t> prm{RULE_EPS, static_cast<acc_t>(eps), 0, 0, 0};
   if (use_fused(d.N, d.a.scalar_type()))
     return fused_path<T, F_PLAIN, B_PLAIN>(d, prm, EPI_MUL, at::Tensor(), at::Tensor());
-  auto Z = at::mm(d.a, d.W.t());
-  launch_coef_gemm<T>(Z, d, L_SINGLE, prm);
-  auto Tm = at::mm(Z, d.W);
+  auto C = launch_coef_gemm<T>(mm_acc(d.a, d.W.t()), d, L_SINGLE, prm);
+  auto Tm = mm_acc(C, d.W);
   return launch_finalize<T>(Tm, d, d.I, -1, EPI_MUL, at::Tensor(), at::Tensor());
 }
 
@@ -738,11 +779,11 @@ at::Tensor signed_impl(const Dense& d, const RuleParams<at::opmath_type<T>>& prm
   auto Wst = split_weight<T>(d, /*cols=*/false);  // [W+; W-] (2O, I)
   at::Tensor Z;
   if (mixed)
-    Z = at::mm(at::cat({d.a.clamp_min(0), d.a.clamp_max(0)}, 0), Wst.t());  // (2N, 2O)
+    Z = mm_acc(at::cat({d.a.clamp_min(0), d.a.clamp_max(0)}, 0), Wst.t());  // (2N, 2O)
   else
-    Z = at::mm(d.a, Wst.t());  // (N, 2O)
-  launch_coef_gemm<T>(Z, d, mixed ? L_MIXED : L_NONNEG, prm);
-  auto Tm = at::mm(Z, Wst);  // (N, I) = t1, or (2N, I) = [t1; t2]
+    Z = mm_acc(d.a, Wst.t());  // (N, 2O)
+  auto C = launch_coef_gemm<T>(Z, d, mixed ? L_MIXED : L_NONNEG, prm);
+  auto Tm = mm_acc(C, Wst);  // (N, I) = t1, or (2N, I) = [t1; t2]
   return launch_finalize<T>(Tm, d, d.I, mixed ? d.N * d.I : -1, EPI_SIGNED, at::Tensor(),
                             at::Tensor());
 }
@@ -755,11 +796,10 @@ at::Tensor zbox_impl(const Dense& d, const at::Tensor& lo, const at::Tensor& hi,
     return fused_path<T, F_ZBOX, B_SPLIT>(d, prm, EPI_ZBOX, lo, hi);
   auto U = at::cat({d.a - lo, d.a - hi}, 1);       // [u | v] (N, 2I)
   auto Wcat = split_weight<T>(d, /*cols=*/true);   // [W+ | W-] (O, 2I)
-  auto Z = at::mm(U, Wcat.t());                    // (N, O)
   Dense nb = d;
   nb.b = at::Tensor();                             // the bias cancels in z_box
-  launch_coef_gemm<T>(Z, nb, L_SINGLE, prm);
-  auto Tm = at::mm(Z, Wcat);                       // [c W+ | c W-] (N, 2I)
+  auto C = launch_coef_gemm<T>(mm_acc(U, Wcat.t()), nb, L_SINGLE, prm);  // (N, O)
+  auto Tm = mm_acc(C, Wcat);                       // [c W+ | c W-] (N, 2I)
   return launch_finalize<T>(Tm, d, 2 * d.I, d.I, EPI_ZBOX, lo, hi);
 }
 
