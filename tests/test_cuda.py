@@ -150,6 +150,21 @@ def test_z_box_tensor_bounds(bounds, dtype, path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", ["fused", "gemm"])
+@pytest.mark.parametrize("signed", [False, True], ids=["a_nonneg", "a_mixed"])
+@pytest.mark.parametrize("rule", ["epsilon", "gamma", "alpha_beta", "z_plus"])
+def test_float16_huge_coefficients(rule, signed, path, monkeypatch):
+    # rows whose z (or z+, z-) is exactly 0 get coefficients R / 1e-6, past float16's range; they
+    # meet only zero weights or zero inputs, so the result stays finite and must not turn NaN
+    monkeypatch.setenv("LRP_EXT_CUDA_PATH", path)
+    R, a, W, b = make_case("flat", torch.float16, (40,), 12, 32, False, signed)
+    W[0] = -W[0].abs()  # no positive weight: z+ = 0 where a >= 0
+    W[1] = 0            # z = z+ = z- = 0
+    ref = ref64(rule, R, a, W, b)
+    out = run(lrp_ext, rule, R, a, W, b)
+    assert_close(out, ref, torch.float16, f"{rule} float16 huge coefficients {path}")
+
+
+@pytest.mark.parametrize("path", ["fused", "gemm"])
 @pytest.mark.parametrize("rule", RULES)
 def test_empty(rule, path, monkeypatch):
     monkeypatch.setenv("LRP_EXT_CUDA_PATH", path)

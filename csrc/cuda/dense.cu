@@ -163,6 +163,18 @@ __device__ __forceinline__ void load_vec(const T* __restrict__ p, int64_t i, int
   Unpack<T>::run(load_raw(p, i, limit, vec_ok), x);
 }
 
+// float16 holds coefficients only up to 65504: when the largest finite |c| of a call (its float
+// bits in *cmax) exceeds 2^15, the gemm path stores c * 2^-e and multiplies the products by 2^e.
+// Powers of two: exact, except for coefficients pushed below float16's normal range.
+__device__ __forceinline__ int coef_exponent(const int* cmax) {
+  if (cmax == nullptr) return 0;
+  const float m = __int_as_float(*cmax);
+  if (!(m > 32768.f)) return 0;
+  int e;
+  frexpf(m / 32768.f, &e);  // m / 2^15 = f 2^e, f in [0.5, 1)
+  return e;
+}
+
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t v) {
 #pragma unroll
@@ -426,8 +438,9 @@ __global__ void __launch_bounds__(kEwThreads)
 finalize_kernel(const Tin* __restrict__ src, int64_t N, int64_t I, int64_t ld, int64_t t2_off,
                 int64_t nsplit, int64_t split_stride, const T* __restrict__ a,
                 const T* __restrict__ lo, const T* __restrict__ hi, int emode,
-                T* __restrict__ out) {
+                T* __restrict__ out, const int* __restrict__ cmax) {
   using acc_t = at::opmath_type<T>;
+  const acc_t post = static_cast<acc_t>(ldexpf(1.f, coef_exponent(cmax)));
   const int64_t total = N * I;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -438,6 +451,8 @@ finalize_kernel(const Tin* __restrict__ src, int64_t N, int64_t I, int64_t ld, i
       t1 += static_cast<acc_t>(src[s * split_stride + off]);
       if (t2_off >= 0) t2 += static_cast<acc_t>(src[s * split_stride + t2_off + off]);
     }
+    t1 *= post;
+    t2 *= post;
     out[idx] = static_cast<T>(epilogue<T, acc_t>(emode, t1, t2, a, lo, hi, idx));
   }
 }
@@ -451,34 +466,62 @@ finalize_kernel(const Tin* __restrict__ src, int64_t N, int64_t I, int64_t ld, i
 template <typename T, typename Tz>
 __global__ void __launch_bounds__(kEwThreads)
 coef_gemm_kernel(const Tz* Z, T* C, const T* __restrict__ R, const T* __restrict__ b, int64_t N,
-                 int64_t O, int layout, RuleParams<at::opmath_type<T>> prm) {
+                 int64_t O, int layout, RuleParams<at::opmath_type<T>> prm,
+                 int* __restrict__ measure, const int* __restrict__ cmax) {
+  // measure != nullptr: only record the largest finite |c| (atomicMax on its float bits)
   using acc_t = at::opmath_type<T>;
   const int64_t total = N * O;
+  const acc_t scale = static_cast<acc_t>(ldexpf(1.f, -coef_exponent(cmax)));
+  float largest = 0.f;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = idx / O, o = idx - n * O;
     const acc_t r = static_cast<acc_t>(R[idx]);
     const acc_t bias = b != nullptr ? static_cast<acc_t>(b[o]) : acc_t(0);
     acc_t c0, c1;
+    if (measure != nullptr) {
+      acc_t s1, s2 = acc_t(0);
+      if (layout == L_SINGLE) {
+        s1 = static_cast<acc_t>(Z[idx]);
+      } else if (layout == L_NONNEG) {
+        s1 = static_cast<acc_t>(Z[n * 2 * O + o]);
+        s2 = static_cast<acc_t>(Z[n * 2 * O + O + o]);
+      } else {
+        s1 = static_cast<acc_t>(Z[n * 2 * O + o]) + static_cast<acc_t>(Z[(N + n) * 2 * O + O + o]);
+        s2 = static_cast<acc_t>(Z[n * 2 * O + O + o]) + static_cast<acc_t>(Z[(N + n) * 2 * O + o]);
+      }
+      coefficients(prm, s1, s2, r, bias, c0, c1);
+      const float m0 = fabsf(static_cast<float>(c0)), m1 = fabsf(static_cast<float>(c1));
+      if (isfinite(m0)) largest = fmaxf(largest, m0);
+      if (isfinite(m1)) largest = fmaxf(largest, m1);
+      continue;
+    }
     if (layout == L_SINGLE) {
       coefficients(prm, static_cast<acc_t>(Z[idx]), acc_t(0), r, bias, c0, c1);
-      C[idx] = static_cast<T>(c0);
+      C[idx] = static_cast<T>(c0 * scale);
     } else if (layout == L_NONNEG) {
       const int64_t p = n * 2 * O + o, m = p + O;
       coefficients(prm, static_cast<acc_t>(Z[p]), static_cast<acc_t>(Z[m]), r, bias, c0, c1);
-      C[p] = static_cast<T>(c0);
-      C[m] = static_cast<T>(c1);
+      C[p] = static_cast<T>(c0 * scale);
+      C[m] = static_cast<T>(c1 * scale);
     } else {
       const int64_t pp = n * 2 * O + o, pn = pp + O;              // a+ W+, a+ W-
       const int64_t np = (N + n) * 2 * O + o, nn = np + O;        // a- W+, a- W-
       const acc_t s1 = static_cast<acc_t>(Z[pp]) + static_cast<acc_t>(Z[nn]);
       const acc_t s2 = static_cast<acc_t>(Z[pn]) + static_cast<acc_t>(Z[np]);
       coefficients(prm, s1, s2, r, bias, c0, c1);
-      C[pp] = static_cast<T>(c0);
-      C[pn] = static_cast<T>(c1);
-      C[np] = static_cast<T>(c1);
-      C[nn] = static_cast<T>(c0);
+      C[pp] = static_cast<T>(c0 * scale);
+      C[pn] = static_cast<T>(c1 * scale);
+      C[np] = static_cast<T>(c1 * scale);
+      C[nn] = static_cast<T>(c0 * scale);
     }
+  }
+  if (measure != nullptr) {
+    // non-negative floats order like their bit patterns
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+      largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, off));
+    if (threadIdx.x % 32 == 0 && largest > 0.f) atomicMax(measure, __float_as_int(largest));
   }
 }
 
@@ -651,7 +694,8 @@ at::Tensor fused_backward(const Dense& d, const at::Tensor& C0, const at::Tensor
     const bool has_t2 = BMODE == B_SIGNED || BMODE == B_SPLIT;
     finalize_kernel<T, acc_t><<<elementwise_blocks(N * I), kEwThreads, 0, stream>>>(
         ws.data_ptr<acc_t>(), N, I, I, has_t2 ? N * I : -1, nsplit, 2 * N * I,
-        d.a.data_ptr<T>(), ptr_or_null<T>(lo), ptr_or_null<T>(hi), emode, out.data_ptr<T>());
+        d.a.data_ptr<T>(), ptr_or_null<T>(lo), ptr_or_null<T>(hi), emode, out.data_ptr<T>(),
+        nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return out;
@@ -703,32 +747,45 @@ at::Tensor mm_acc(const at::Tensor& x, const at::Tensor& y) {
   return at::mm(x, y);
 }
 
-// Coefficients from the forward products Z (in place when Z has the element type).
+// Coefficients from the forward products Z (in place when Z has the element type).  For float16
+// the largest |c| is measured first (one extra pass over Z, no host synchronisation) and the
+// coefficients are stored scaled by a power of two when they would overflow; `cmax` (returned
+// through *cmax_out) carries that to launch_finalize.
 template <typename T>
 at::Tensor launch_coef_gemm(const at::Tensor& Z, const Dense& d, int layout,
-                            const RuleParams<at::opmath_type<T>>& prm) {
+                            const RuleParams<at::opmath_type<T>>& prm, at::Tensor* cmax_out) {
   using acc_t = at::opmath_type<T>;
   const int64_t blocks = elementwise_blocks(d.N * d.O);
   auto stream = at::cuda::getCurrentCUDAStream();
   if (Z.scalar_type() == d.a.scalar_type()) {
     coef_gemm_kernel<T, T><<<blocks, kEwThreads, 0, stream>>>(
         Z.data_ptr<T>(), Z.data_ptr<T>(), d.R.data_ptr<T>(), ptr_or_null<T>(d.b), d.N, d.O,
-        layout, prm);
+        layout, prm, nullptr, nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return Z;
+  }
+  at::Tensor cmax;
+  if (d.a.scalar_type() == at::kHalf) {
+    cmax = at::zeros({1}, d.a.options().dtype(at::kInt));
+    coef_gemm_kernel<T, acc_t><<<blocks, kEwThreads, 0, stream>>>(
+        Z.data_ptr<acc_t>(), nullptr, d.R.data_ptr<T>(), ptr_or_null<T>(d.b), d.N, d.O, layout,
+        prm, cmax.data_ptr<int>(), nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   auto C = at::empty(Z.sizes(), d.a.options());
   coef_gemm_kernel<T, acc_t><<<blocks, kEwThreads, 0, stream>>>(
       Z.data_ptr<acc_t>(), C.data_ptr<T>(), d.R.data_ptr<T>(), ptr_or_null<T>(d.b), d.N, d.O,
-      layout, prm);
+      layout, prm, nullptr, ptr_or_null<int>(cmax));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (cmax_out != nullptr) *cmax_out = cmax;
   return C;
 }
 
 // Input-side epilogue over the backward products src (element type or float32).
 template <typename T>
 at::Tensor launch_finalize(const at::Tensor& src, const Dense& d, int64_t ld, int64_t t2_off,
-                           int emode, const at::Tensor& lo, const at::Tensor& hi) {
+                           int emode, const at::Tensor& lo, const at::Tensor& hi,
+                           const at::Tensor& cmax) {
   using acc_t = at::opmath_type<T>;
   auto out = at::empty({d.N, d.I}, d.a.options());
   const int64_t blocks = elementwise_blocks(d.N * d.I);
@@ -736,11 +793,11 @@ at::Tensor launch_finalize(const at::Tensor& src, const Dense& d, int64_t ld, in
   if (src.scalar_type() == d.a.scalar_type()) {
     finalize_kernel<T, T><<<blocks, kEwThreads, 0, stream>>>(
         src.data_ptr<T>(), d.N, d.I, ld, t2_off, 1, 0, d.a.data_ptr<T>(), ptr_or_null<T>(lo),
-        ptr_or_null<T>(hi), emode, out.data_ptr<T>());
+        ptr_or_null<T>(hi), emode, out.data_ptr<T>(), ptr_or_null<int>(cmax));
   } else {
     finalize_kernel<T, acc_t><<<blocks, kEwThreads, 0, stream>>>(
         src.data_ptr<acc_t>(), d.N, d.I, ld, t2_off, 1, 0, d.a.data_ptr<T>(),
-        ptr_or_null<T>(lo), ptr_or_null<T>(hi), emode, out.data_ptr<T>());
+        ptr_or_null<T>(lo), ptr_or_null<T>(hi), emode, out.data_ptr<T>(), ptr_or_null<int>(cmax));
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -765,9 +822,10 @@ at::Tensor epsilon_impl(const Dense& d, double eps) {
   const RuleParams<acc_t> prm{RULE_EPS, static_cast<acc_t>(eps), 0, 0, 0};
   if (use_fused(d.N, d.a.scalar_type()))
     return fused_path<T, F_PLAIN, B_PLAIN>(d, prm, EPI_MUL, at::Tensor(), at::Tensor());
-  auto C = launch_coef_gemm<T>(mm_acc(d.a, d.W.t()), d, L_SINGLE, prm);
+  at::Tensor cmax;
+  auto C = launch_coef_gemm<T>(mm_acc(d.a, d.W.t()), d, L_SINGLE, prm, &cmax);
   auto Tm = mm_acc(C, d.W);
-  return launch_finalize<T>(Tm, d, d.I, -1, EPI_MUL, at::Tensor(), at::Tensor());
+  return launch_finalize<T>(Tm, d, d.I, -1, EPI_MUL, at::Tensor(), at::Tensor(), cmax);
 }
 
 template <typename T>
@@ -782,10 +840,11 @@ at::Tensor signed_impl(const Dense& d, const RuleParams<at::opmath_type<T>>& prm
     Z = mm_acc(at::cat({d.a.clamp_min(0), d.a.clamp_max(0)}, 0), Wst.t());  // (2N, 2O)
   else
     Z = mm_acc(d.a, Wst.t());  // (N, 2O)
-  auto C = launch_coef_gemm<T>(Z, d, mixed ? L_MIXED : L_NONNEG, prm);
+  at::Tensor cmax;
+  auto C = launch_coef_gemm<T>(Z, d, mixed ? L_MIXED : L_NONNEG, prm, &cmax);
   auto Tm = mm_acc(C, Wst);  // (N, I) = t1, or (2N, I) = [t1; t2]
   return launch_finalize<T>(Tm, d, d.I, mixed ? d.N * d.I : -1, EPI_SIGNED, at::Tensor(),
-                            at::Tensor());
+                            at::Tensor(), cmax);
 }
 
 template <typename T>
@@ -798,9 +857,10 @@ at::Tensor zbox_impl(const Dense& d, const at::Tensor& lo, const at::Tensor& hi,
   auto Wcat = split_weight<T>(d, /*cols=*/true);   // [W+ | W-] (O, 2I)
   Dense nb = d;
   nb.b = at::Tensor();                             // the bias cancels in z_box
-  auto C = launch_coef_gemm<T>(mm_acc(U, Wcat.t()), nb, L_SINGLE, prm);  // (N, O)
+  at::Tensor cmax;
+  auto C = launch_coef_gemm<T>(mm_acc(U, Wcat.t()), nb, L_SINGLE, prm, &cmax);  // (N, O)
   auto Tm = mm_acc(C, Wcat);                       // [c W+ | c W-] (N, 2I)
-  return launch_finalize<T>(Tm, d, 2 * d.I, d.I, EPI_ZBOX, lo, hi);
+  return launch_finalize<T>(Tm, d, 2 * d.I, d.I, EPI_ZBOX, lo, hi, cmax);
 }
 
 template <typename T>
