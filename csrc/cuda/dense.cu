@@ -348,13 +348,21 @@ __device__ __forceinline__ void bwd_accumulate(
       const bool valid_o = o + u < o_end;
       acc_t w[V];
       Unpack<T>::run(wr[u], w);
+      // the tile's coefficients of row o + u: loads issued together (warp-uniform, L1 hits)
+      acc_t cv0[kNT], cv1[kNT];
 #pragma unroll
       for (int n = 0; n < kNT; ++n) {
         const bool valid = valid_o && n < nv;
         const int64_t cidx = (n0 + n) * O + o + u;
-        const acc_t c0 = valid ? C0[cidx] : acc_t(0);
+        cv0[n] = valid ? C0[cidx] : acc_t(0);
+        cv1[n] = (MODE == B_SIGNED && valid) ? C1[cidx] : acc_t(0);
+      }
+#pragma unroll
+      for (int n = 0; n < kNT; ++n) {
+        if (n >= nv) break;  // block-uniform: a short last tile (N = 1) does no padded work
+        const acc_t c0 = cv0[n];
         if (MODE == B_SIGNED) {
-          const acc_t c1 = valid ? C1[cidx] : acc_t(0);
+          const acc_t c1 = cv1[n];
 #pragma unroll
           for (int j = 0; j < V; ++j) {
             const acc_t wp = pos(w[j]), wn = neg(w[j]);
