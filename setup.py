@@ -95,5 +95,11 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],
+    extras_require={
+        "cli": ["pillow", "matplotlib", "tqdm", "scikit-learn"],
+        "test": ["pytest", "zennit==0.5.1", "captum==0.9.0", "pillow", "matplotlib", "tqdm",
+                 "scikit-learn", "expecttest"],
+    },
+    entry_points={"console_scripts": ["lrp-ext = lrp_ext.cli:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -129,3 +129,7 @@ def z_box(R, a, W, b=None, low=None, high=None, stabilizer: float = 1e-6):
     z = a @ W.t() - low @ Wp.t() - high @ Wn.t()
     s = R / stabilize(z, stabilizer)
     return a * (s @ W) - low * (s @ Wp) - high * (s @ Wn)
+
+
+# Conv-layer versions of the rules: lrp_ext.reference.conv.gamma(...) etc.
+from . import conv_reference as conv  # noqa: E402

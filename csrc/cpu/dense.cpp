@@ -23,6 +23,7 @@
 #include <functional>
 #include <cstdlib>
 #include <cstring>
+#include <sys/mman.h>
 
 #include "cpu/kernels_api.h"
 #include "lrp.h"
@@ -259,10 +260,28 @@ void build_into(const WT* W, int64_t O, int64_t I, Build kind, T* v, T* rowsum) 
   });
 }
 
+// Scratch tensors of many MB: fresh pages fault in one 4 KiB page at a time, which on some
+// machines costs more than the matmul that fills them. Ask for transparent huge pages.
+Tensor scratch(at::IntArrayRef sizes, at::ScalarType dtype) {
+  int64_t numel = 1;
+  for (auto s : sizes) numel *= s;
+  const size_t bytes = size_t(numel) * at::elementSize(dtype);
+  constexpr size_t kHuge = size_t(2) << 20;
+  if (bytes < 2 * kHuge) return at::empty(sizes, at::TensorOptions().dtype(dtype));
+  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* p = nullptr;
+  if (posix_memalign(&p, kHuge, rounded) != 0 || p == nullptr)
+    return at::empty(sizes, at::TensorOptions().dtype(dtype));
+#ifdef MADV_HUGEPAGE
+  madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+  return at::from_blob(p, sizes, [](void* q) { std::free(q); }, at::TensorOptions().dtype(dtype));
+}
+
 template <class T>
 Tensor build(const Tensor& Wc, Build kind, at::ScalarType acc, Tensor* rowsum = nullptr) {
   const int64_t O = Wc.size(0), I = Wc.size(1);
-  Tensor V = at::empty({O, I}, at::TensorOptions().dtype(acc));
+  Tensor V = scratch({O, I}, acc);
   T* rs = nullptr;
   if (rowsum) {
     *rowsum = at::empty({1, O}, V.options());
@@ -298,7 +317,7 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
   job.I = I;
   job.N = N;
 
-  Tensor z, c = at::empty({kc, N, O}, opt), t, zrow, xf = x;
+  Tensor z, c = scratch({kc, N, O}, acc), t, zrow, xf = x;
   bool zfull = false;
   if (use_fused(N)) {
     if (pl.epi == Epi::WSQ) {  // w² needs only the row sums of W² (the same for every sample)
@@ -325,7 +344,8 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
     t = run_backward(job, kt, acc);
   } else {
     // gemm path: ρ(W) built once, ATen matmuls write straight into the stacked buffers
-    const Tensor Wa = Wc.to(acc);  // no copy for float32 / float64
+    Tensor Wa = Wc;  // no copy for float32 / float64
+    if (Wc.scalar_type() != acc) Wa = scratch(Wc.sizes(), acc).copy_(Wc);
     Tensor Wp, Wn, W2;
     if (pl.fwd == ID) {
       Wp = Wa;
@@ -338,7 +358,7 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
     if (pl.fwd == MERGE) {  // z = x0 W⁺ᵀ + x1 W⁻ᵀ = (x0 − x1) W⁺ᵀ + x1 Wᵀ
       xf = at::stack({x[0] - x[1], x[1]});
     }
-    z = at::empty({std::max(kz, pl.fwd == MERGE ? 2 : 1), N, O}, opt);
+    z = scratch({kz, N, O}, acc);
     switch (pl.fwd) {
       case ID: case POS: mm_into(z[0], x[0], Wp.t()); break;
       case SQ: break;
@@ -361,7 +381,7 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
     epilogue<T>(pl.epi, pr, zfull, pl.fwd == SQ ? nullptr : z.data_ptr<T>(), c.data_ptr<T>(),
                 RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
                 zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
-    t = at::empty({kt, N, I}, opt);
+    t = scratch({kt, N, I}, acc);
     switch (pl.bwd) {
       case ID: case POS: mm_into(t[0], c[0], Wp); break;
       case SQ: mm_into(t[0], c[0], W2); break;

@@ -106,127 +106,200 @@ template <class V, class T> inline T hsum(const V& v) {
   return lanes[0];
 }
 
-// out[k][n+nb][o+ob] = sum_i combo(W[o+ob][i], x[k][n+nb][i])
+// Tiling: OT weight rows x KT inputs of W stay in L1 while every batch row uses them; the
+// forward keeps per-(row, sample) vector partial sums in an L1 tile, the backward adds a whole
+// row tile into the (KO, N, I) buffer at once, so the buffer crosses L2 once per OT rows.
+constexpr int OT = 16;
+constexpr int KT = 256;  // a multiple of every vector length
+constexpr int NG = 16;   // samples per forward accumulator tile
+
+template <int C> constexpr int nb_of() { return (C == ID || C == POS || C == SQ) ? 4 : 2; }
+
+// acc[ob][nb][k] (vector partial sums, tile strides so/sn) += combo over inputs [i0, i1)
 template <int C, class T, class WT, int OB, int NB>
-void fwd_block(const WT* W, const T* x, T* out, int64_t N, int64_t O, int64_t I, int64_t o,
-               int64_t n) {
+inline void fwd_micro(const WT* w0, const T* x0, int64_t I, int64_t xk, int64_t i0, int64_t i1,
+                      typename Vec<T>::type* acc, int so, int sn) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::L, KI = ki_of(C), KO = ko_of(C);
-  V acc[OB][NB][KO];
-#pragma GCC unroll 64
-  for (int j = 0; j < OB * NB * KO; ++j) (&acc[0][0][0])[j] = V{};
-  const WT* wrow = W + o * I;
-  const T* xrow = x + n * I;
-  int64_t i = 0;
-  for (; i + L <= I; i += L) {
+  V a[OB][NB][KO];
+#pragma GCC unroll 8
+  for (int ob = 0; ob < OB; ++ob)
+#pragma GCC unroll 8
+    for (int nb = 0; nb < NB; ++nb)
+#pragma GCC unroll 2
+      for (int k = 0; k < KO; ++k) a[ob][nb][k] = acc[ob * so + nb * sn + k];
+  for (int64_t i = i0; i < i1; i += L) {
     Prep<V> w[OB];
 #pragma GCC unroll 8
-    for (int ob = 0; ob < OB; ++ob) w[ob] = prep<C>(chunk_w(wrow + ob * I + i));
+    for (int ob = 0; ob < OB; ++ob) w[ob] = prep<C>(chunk_w(w0 + ob * I + i));
 #pragma GCC unroll 8
     for (int nb = 0; nb < NB; ++nb) {
       V xv[KI];
 #pragma GCC unroll 2
-      for (int k = 0; k < KI; ++k) xv[k] = load<V>(xrow + k * N * I + nb * I + i);
+      for (int k = 0; k < KI; ++k) xv[k] = load<V>(x0 + k * xk + nb * I + i);
 #pragma GCC unroll 8
-      for (int ob = 0; ob < OB; ++ob) accum<C>(w[ob], xv, acc[ob][nb]);
+      for (int ob = 0; ob < OB; ++ob) accum<C>(w[ob], xv, a[ob][nb]);
     }
   }
-  T s[OB][NB][KO];
 #pragma GCC unroll 8
   for (int ob = 0; ob < OB; ++ob)
 #pragma GCC unroll 8
     for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 2
-      for (int k = 0; k < KO; ++k) s[ob][nb][k] = hsum<V, T>(acc[ob][nb][k]);
-  for (; i < I; ++i) {
-    for (int ob = 0; ob < OB; ++ob) {
-      Prep<T> w = prep<C>(T(scalar_w(wrow + ob * I + i)));
-      for (int nb = 0; nb < NB; ++nb) {
-        T xv[KI];
-        for (int k = 0; k < KI; ++k) xv[k] = xrow[k * N * I + nb * I + i];
-        accum<C>(w, xv, s[ob][nb]);
+      for (int k = 0; k < KO; ++k) acc[ob * so + nb * sn + k] = a[ob][nb][k];
+}
+
+// out[k][n][o] = sum_i combo(W[o][i], x[k][n][i]) for rows o in [o0, o1)
+template <int C, class T, class WT>
+void fwd_rows(const WT* W, const T* x, T* out, int64_t N, int64_t O, int64_t I, int64_t o0,
+              int64_t o1) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L, KI = ki_of(C), KO = ko_of(C), NB = nb_of<C>();
+  constexpr int sn = KO, so = NG * KO;
+  V acc[OT * NG * KO];
+  const int64_t Iv = I / L * L, xk = N * I;
+  for (int64_t ot = o0; ot < o1; ot += OT) {
+    const int on = int(o1 - ot < OT ? o1 - ot : OT);
+    const WT* wt = W + ot * I;
+    for (int64_t ng = 0; ng < N; ng += NG) {
+      const int nn = int(N - ng < NG ? N - ng : NG);
+      const T* xg = x + ng * I;
+      for (int j = 0; j < OT * NG * KO; ++j) acc[j] = V{};
+      for (int64_t it = 0; it < Iv; it += KT) {
+        const int64_t ie = it + KT < Iv ? it + KT : Iv;
+        int ob = 0;
+        for (; ob + 4 <= on; ob += 4) {
+          int nb = 0;
+          for (; nb + NB <= nn; nb += NB)
+            fwd_micro<C, T, WT, 4, NB>(wt + ob * I, xg + nb * I, I, xk, it, ie,
+                                       acc + ob * so + nb * sn, so, sn);
+          for (; nb < nn; ++nb)
+            fwd_micro<C, T, WT, 4, 1>(wt + ob * I, xg + nb * I, I, xk, it, ie,
+                                      acc + ob * so + nb * sn, so, sn);
+        }
+        for (; ob < on; ++ob) {
+          int nb = 0;
+          for (; nb + NB <= nn; nb += NB)
+            fwd_micro<C, T, WT, 1, NB>(wt + ob * I, xg + nb * I, I, xk, it, ie,
+                                       acc + ob * so + nb * sn, so, sn);
+          for (; nb < nn; ++nb)
+            fwd_micro<C, T, WT, 1, 1>(wt + ob * I, xg + nb * I, I, xk, it, ie,
+                                      acc + ob * so + nb * sn, so, sn);
+        }
+      }
+      for (int ob = 0; ob < on; ++ob) {
+        for (int nb = 0; nb < nn; ++nb) {
+          T s[KO];
+          for (int k = 0; k < KO; ++k) s[k] = hsum<V, T>(acc[ob * so + nb * sn + k]);
+          for (int64_t i = Iv; i < I; ++i) {
+            Prep<T> w = prep<C>(T(scalar_w(wt + ob * I + i)));
+            T xv[KI];
+            for (int k = 0; k < KI; ++k) xv[k] = xg[k * xk + nb * I + i];
+            accum<C>(w, xv, s);
+          }
+          for (int k = 0; k < KO; ++k) out[k * N * O + (ng + nb) * O + ot + ob] = s[k];
+        }
       }
     }
   }
-  for (int ob = 0; ob < OB; ++ob)
-    for (int nb = 0; nb < NB; ++nb)
-      for (int k = 0; k < KO; ++k) out[k * N * O + (n + nb) * O + o + ob] = s[ob][nb][k];
 }
 
-// buf[k][n+nb][i] += sum_{ob} combo(W[o+ob][i], c[k][n+nb][o+ob])
+template <class V, class T> inline V splat(T c) {
+  V v;
+#pragma GCC unroll 16
+  for (int j = 0; j < int(sizeof(V) / sizeof(T)); ++j) v[j] = c;
+  return v;
+}
+
+// buf[k][n][i0:i1] += sum over the OB rows of combo(W[o][i], c[k][n][o]); the OB products of a
+// chunk go to four partial sums so that no long chain of dependent FMAs forms.
 template <int C, class T, class WT, int OB, int NB>
-void bwd_block(const WT* W, const T* c, T* buf, int64_t N, int64_t O, int64_t I, int64_t o,
-               int64_t n) {
+inline void bwd_micro(const WT* w0, const T* c0, T* b0, int64_t I, int64_t ck, int64_t bk,
+                      int64_t O, int64_t i0, int64_t i1) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::L, KI = ki_of(C), KO = ko_of(C);
-  T cs[OB][NB][KI];
-  for (int ob = 0; ob < OB; ++ob)
-    for (int nb = 0; nb < NB; ++nb)
-      for (int k = 0; k < KI; ++k) cs[ob][nb][k] = c[k * N * O + (n + nb) * O + o + ob];
-  const WT* wrow = W + o * I;
-  T* brow = buf + n * I;
-  int64_t i = 0;
-  for (; i + L <= I; i += L) {
+  constexpr int P = OB < 4 ? OB : 4;
+  for (int64_t i = i0; i < i1; i += L) {
     Prep<V> w[OB];
-#pragma GCC unroll 8
-    for (int ob = 0; ob < OB; ++ob) w[ob] = prep<C>(chunk_w(wrow + ob * I + i));
-#pragma GCC unroll 8
+#pragma GCC unroll 16
+    for (int ob = 0; ob < OB; ++ob) w[ob] = prep<C>(chunk_w(w0 + ob * I + i));
+#pragma GCC unroll 4
     for (int nb = 0; nb < NB; ++nb) {
-      V acc[KO];
+      V part[P][KO];
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p)
 #pragma GCC unroll 2
-      for (int k = 0; k < KO; ++k) acc[k] = load<V>(brow + k * N * I + nb * I + i);
-#pragma GCC unroll 8
+        for (int k = 0; k < KO; ++k) part[p][k] = V{};
+#pragma GCC unroll 16
       for (int ob = 0; ob < OB; ++ob) {
         V cv[KI];
 #pragma GCC unroll 2
-        for (int k = 0; k < KI; ++k) cv[k] = V{} + cs[ob][nb][k];
-        accum<C>(w[ob], cv, acc);
+        for (int k = 0; k < KI; ++k) cv[k] = splat<V, T>(c0[k * ck + nb * O + ob]);
+        accum<C>(w[ob], cv, part[ob % P]);
       }
 #pragma GCC unroll 2
-      for (int k = 0; k < KO; ++k) store(brow + k * N * I + nb * I + i, acc[k]);
-    }
-  }
-  for (; i < I; ++i) {
-    for (int ob = 0; ob < OB; ++ob) {
-      Prep<T> w = prep<C>(T(scalar_w(wrow + ob * I + i)));
-      for (int nb = 0; nb < NB; ++nb) {
-        T acc[KO];
-        for (int k = 0; k < KO; ++k) acc[k] = brow[k * N * I + nb * I + i];
-        accum<C>(w, cs[ob][nb], acc);
-        for (int k = 0; k < KO; ++k) brow[k * N * I + nb * I + i] = acc[k];
+      for (int k = 0; k < KO; ++k) {
+        V sum = part[0][k];
+#pragma GCC unroll 4
+        for (int p = 1; p < P; ++p) sum += part[p][k];
+        store(b0 + k * bk + nb * I + i, load<V>(b0 + k * bk + nb * I + i) + sum);
       }
     }
   }
 }
 
-// Register blocking per combo: OB weight rows x NB batch rows (for 32 zmm registers).
-template <int C> constexpr int ob_of() { return C == CROSS ? 2 : 4; }
-template <int C> constexpr int nb_of() { return (C == ID || C == POS || C == SQ) ? 4 : 2; }
+template <int C, class T, class WT, int OB>
+inline void bwd_tile(const WT* w0, const T* c0, T* b0, int64_t N, int64_t O, int64_t I,
+                     int64_t i0, int64_t i1) {
+  constexpr int NB = nb_of<C>();
+  const int64_t ck = N * O, bk = N * I;
+  int64_t n = 0;
+  for (; n + NB <= N; n += NB)
+    bwd_micro<C, T, WT, OB, NB>(w0, c0 + n * O, b0 + n * I, I, ck, bk, O, i0, i1);
+  for (; n < N; ++n) bwd_micro<C, T, WT, OB, 1>(w0, c0 + n * O, b0 + n * I, I, ck, bk, O, i0, i1);
+}
 
-template <bool FWD, int C, class T, class WT, int OB, int NB>
-inline void block(const WT* W, const T* x, T* out, int64_t N, int64_t O, int64_t I, int64_t o,
-                  int64_t n) {
-  if constexpr (FWD)
-    fwd_block<C, T, WT, OB, NB>(W, x, out, N, O, I, o, n);
-  else
-    bwd_block<C, T, WT, OB, NB>(W, x, out, N, O, I, o, n);
+// buf[k][n][i] += sum_{o in [o0, o1)} combo(W[o][i], c[k][n][o])
+template <int C, class T, class WT>
+void bwd_rows(const WT* W, const T* c, T* buf, int64_t N, int64_t O, int64_t I, int64_t o0,
+              int64_t o1) {
+  constexpr int L = Vec<T>::L, KI = ki_of(C), KO = ko_of(C);
+  constexpr int OBF = (C == ID || C == POS || C == SQ) ? 16 : 8;  // rows per register pass
+  const int64_t Iv = I / L * L;
+  for (int64_t ot = o0; ot < o1; ot += OT) {
+    const int on = int(o1 - ot < OT ? o1 - ot : OT);
+    const WT* wt = W + ot * I;
+    for (int64_t it = 0; it < Iv; it += KT) {
+      const int64_t ie = it + KT < Iv ? it + KT : Iv;
+      int ob = 0;
+      for (; ob + OBF <= on; ob += OBF)
+        bwd_tile<C, T, WT, OBF>(wt + ob * I, c + ot + ob, buf, N, O, I, it, ie);
+      for (; ob + 4 <= on; ob += 4)
+        bwd_tile<C, T, WT, 4>(wt + ob * I, c + ot + ob, buf, N, O, I, it, ie);
+      for (; ob < on; ++ob) bwd_tile<C, T, WT, 1>(wt + ob * I, c + ot + ob, buf, N, O, I, it, ie);
+    }
+    for (int64_t i = Iv; i < I; ++i) {
+      for (int ob = 0; ob < on; ++ob) {
+        Prep<T> w = prep<C>(T(scalar_w(wt + ob * I + i)));
+        for (int64_t n = 0; n < N; ++n) {
+          T cv[KI], acc[KO];
+          for (int k = 0; k < KI; ++k) cv[k] = c[k * N * O + n * O + ot + ob];
+          for (int k = 0; k < KO; ++k) acc[k] = buf[k * N * I + n * I + i];
+          accum<C>(w, cv, acc);
+          for (int k = 0; k < KO; ++k) buf[k * N * I + n * I + i] = acc[k];
+        }
+      }
+    }
+  }
 }
 
 template <bool FWD, int C, class T, class WT>
 void rows(const WT* W, const T* x, T* out, int64_t N, int64_t O, int64_t I, int64_t o0,
           int64_t o1) {
-  constexpr int OB = ob_of<C>(), NB = nb_of<C>();
-  int64_t o = o0;
-  for (; o + OB <= o1; o += OB) {
-    int64_t n = 0;
-    for (; n + NB <= N; n += NB) block<FWD, C, T, WT, OB, NB>(W, x, out, N, O, I, o, n);
-    for (; n < N; ++n) block<FWD, C, T, WT, OB, 1>(W, x, out, N, O, I, o, n);
-  }
-  for (; o < o1; ++o) {
-    int64_t n = 0;
-    for (; n + NB <= N; n += NB) block<FWD, C, T, WT, 1, NB>(W, x, out, N, O, I, o, n);
-    for (; n < N; ++n) block<FWD, C, T, WT, 1, 1>(W, x, out, N, O, I, o, n);
-  }
+  if constexpr (FWD)
+    fwd_rows<C, T, WT>(W, x, out, N, O, I, o0, o1);
+  else
+    bwd_rows<C, T, WT>(W, x, out, N, O, I, o0, o1);
 }
 
 template <bool FWD, class T, class WT>

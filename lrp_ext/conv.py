@@ -1,0 +1,619 @@
+"""LRP rules for convolutions: Conv1d/2d/3d and ConvTranspose1d/2d/3d.
+
+Every function here computes the rule of the same name in the project's rule specification
+(``docs/rules.md``, conv section), reading ``a Wᵀ`` as the layer's forward and ``s W`` as its
+transpose (the gradient of the forward with respect to its input).
+
+Call signature (all rules)::
+
+    lrp_ext.conv.<rule>(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+                        transposed=False, output_padding=0, <rule parameters>, output=None)
+
+- ``R``: relevance at the layer output, ``(N, O, *out_spatial)`` (or unbatched ``(O, ...)``).
+- ``a``: the layer input, ``(N, C, *in_spatial)`` (or unbatched).
+- ``layer``: an ``nn.Conv{1,2,3}d`` / ``nn.ConvTranspose{1,2,3}d`` module — its weight, bias
+  and hyper-parameters are used (then ``bias`` must be None and the keyword hyper-parameters
+  are ignored) — or a weight tensor in PyTorch's layout (``(O, C/groups, *k)`` for a
+  convolution, ``(C, O/groups, *k)`` with ``transposed=True``).  ``padding`` may also be
+  ``"same"`` / ``"valid"``; modules with a non-zero ``padding_mode`` are supported.
+- ``output`` (keyword, optional, used by ``zero``, ``epsilon``, ``gamma`` and ``alpha_beta``):
+  the layer's forward output ``conv(a, W) + b`` when the caller already has it; it saves one
+  convolution.  It must be that output (same shape as ``R``).
+
+Rule parameters and defaults: ``zero()``, ``epsilon(epsilon=1e-6)``,
+``gamma(gamma=0.25, stabilizer=1e-6)``, ``alpha_beta(alpha=2.0, beta=1.0, stabilizer=1e-6)``,
+``z_plus(stabilizer=1e-6)``, ``flat(stabilizer=1e-6)``, ``w_square(stabilizer=1e-6)``,
+``z_box(low, high, stabilizer=1e-6)`` (``low``/``high``: floats or tensors broadcastable to
+``a``).  The result has ``a``'s shape and dtype and carries no autograd history.
+
+Implementation: ATen convolutions (oneDNN on CPU, cuDNN on GPU) on modified weights built once
+per call.  Weights are stacked so that one convolution yields several partial results: the
+forward of ``[W⁺; W⁻]`` gives ``P = Σ(a W)⁺ + b⁺`` and ``M = Σ(a W)⁻ + b⁻`` together, and one
+input-gradient convolution on ``[c⁺; c⁻]`` with ``[W⁺; W⁻]`` gives the whole backward.  With
+``z = P + M``:
+
+- gamma: ``z_p = z + γP``, ``z_n = z + γM``; ``s_p = R[z>0]/stab(z_p)``,
+  ``s_n = R[z<0]/stab(z_n)``; ``c⁺ = (1+γ)s_p + s_n``, ``c⁻ = s_p + (1+γ)s_n``;
+- alpha_beta: ``c⁺ = αR/stab(P)``, ``c⁻ = −βR/stab(M)``;
+
+and ``R_in = a⁺ ⊙ Wᵀ(c⁺ on W⁺ + c⁻ on W⁻) + a⁻ ⊙ Wᵀ(c⁻ on W⁺ + c⁺ on W⁻)``.  Inputs with
+``a ≥ 0`` (detected) skip every ``a⁻`` term; with ``output`` given, ``M = z − P`` needs only
+the ``W⁺`` convolution.  ``flat`` and ``w_square`` do not depend on the batch: their
+denominators are computed once for a single sample (``flat`` with one channel per group).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks
+
+__all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box",
+           "ConvSpec", "conv_spec", "apply_spec"]
+
+_aten = torch.ops.aten
+_CONV_TYPES = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+               torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+
+
+def _tuple(v, nd, name, rule):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (int(v),) * nd
+    try:
+        t = tuple(int(x) for x in v)
+    except TypeError:
+        raise TypeError(f"{rule}: {name} must be an int or a tuple of {nd} ints, got {v!r}")
+    if len(t) == 1:
+        t = t * nd
+    if len(t) != nd:
+        raise ValueError(f"{rule}: {name} must have {nd} entries for a {nd}-d convolution, "
+                         f"got {v!r}")
+    return t
+
+
+def _stab(z, e):
+    """``z + e·sgn(z)`` with sgn(0) = +1 (also for -0.0)."""
+    return torch.where(z >= 0, z + e, z - e)
+
+
+class ConvSpec:
+    """A convolution's weight, bias and hyper-parameters, with its forward and input-gradient.
+
+    ``pre_pad`` is ``(pad, mode)`` when the input is padded explicitly before a convolution
+    with zero implicit padding (non-zero ``padding_mode`` or asymmetric ``"same"`` padding).
+    """
+
+    __slots__ = ("weight", "bias", "stride", "padding", "dilation", "transposed",
+                 "output_padding", "groups", "nd", "pre_pad")
+
+    def __init__(self, weight, bias, stride, padding, dilation, transposed, output_padding,
+                 groups, nd, pre_pad=None):
+        self.weight, self.bias = weight, bias
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.transposed, self.output_padding, self.groups = transposed, output_padding, groups
+        self.nd, self.pre_pad = nd, pre_pad
+
+    @property
+    def out_channels(self):
+        w = self.weight
+        return w.shape[1] * self.groups if self.transposed else w.shape[0]
+
+    @property
+    def in_channels(self):
+        w = self.weight
+        return w.shape[0] if self.transposed else w.shape[1] * self.groups
+
+    def with_params(self, weight, bias):
+        return ConvSpec(weight, bias, self.stride, self.padding, self.dilation, self.transposed,
+                        self.output_padding, self.groups, self.nd, self.pre_pad)
+
+    # -- the two primitive operations, on (possibly block-stacked) weights ----------------
+    def fwd(self, x, weight, bias=None, groups=None):
+        return _aten.convolution(x, weight, bias, self.stride, self.padding, self.dilation,
+                                 self.transposed, self.output_padding,
+                                 self.groups if groups is None else groups)
+
+    def bwd(self, grad, in_shape, weight, groups=None):
+        """Gradient of ``fwd(x, weight)`` w.r.t. ``x`` (of shape ``in_shape``) for ``grad``."""
+        dummy = grad.new_empty(1).expand(in_shape)
+        return _aten.convolution_backward(
+            grad.contiguous(), dummy, weight.contiguous(), None, self.stride, self.padding,
+            self.dilation, self.transposed, self.output_padding,
+            self.groups if groups is None else groups, (True, False, False))[0]
+
+    # -- block stacking ----------------------------------------------------------------
+    def logical(self, w):
+        """Weight as ``(g, O/g, C/g, *k)`` whatever the layout."""
+        g = self.groups
+        if self.transposed:
+            return w.reshape(g, w.shape[0] // g, *w.shape[1:]).transpose(1, 2)
+        return w.reshape(g, w.shape[0] // g, *w.shape[1:])
+
+    def stack_weights(self, rows):
+        """Physical weight for blocks ``rows[i][j]`` (output block i, input block j)."""
+        g = self.groups
+        L = torch.stack([torch.stack([self.logical(w) for w in row], dim=2) for row in rows],
+                        dim=1)  # (g, kO, O/g, kI, C/g, *k)
+        kO, Og, kI, Cg = L.shape[1:5]
+        k = L.shape[5:]
+        if self.transposed:
+            return L.permute(0, 3, 4, 1, 2, *range(5, L.dim())).reshape(g * kI * Cg, kO * Og,
+                                                                         *k)
+        return L.reshape(g * kO * Og, kI * Cg, *k)
+
+    def stack_bias(self, biases):
+        g = self.groups
+        return torch.stack([b.reshape(g, -1) for b in biases], dim=1).reshape(-1)
+
+    def stack_inputs(self, xs):
+        g = self.groups
+        N, C = xs[0].shape[:2]
+        sp = xs[0].shape[2:]
+        return torch.stack([x.reshape(N, g, C // g, *sp) for x in xs], dim=2).reshape(
+            N, len(xs) * C, *sp)
+
+    def split(self, y, k):
+        """``(N, k·O, *sp)`` stacked by groups -> view ``(N, g, k, O/g, *sp)``."""
+        g = self.groups
+        N = y.shape[0]
+        return y.reshape(N, g, k, y.shape[1] // (g * k), *y.shape[2:])
+
+    def grouped(self, y):
+        """``(N, O, *sp)`` -> view ``(N, g, O/g, *sp)``."""
+        return y.reshape(y.shape[0], self.groups, y.shape[1] // self.groups, *y.shape[2:])
+
+
+def _same_padding(weight, dilation, nd, transposed, rule):
+    if transposed:
+        raise ValueError(f"{rule}: padding='same' is not supported for transposed convolutions")
+    k = weight.shape[2:]
+    total = [d * (kk - 1) for d, kk in zip(dilation, k)]
+    left = [t // 2 for t in total]
+    right = [t - lft for t, lft in zip(total, left)]
+    if left == right:
+        return tuple(left), None
+    pad = []
+    for lft, rgt in zip(reversed(left), reversed(right)):
+        pad += [lft, rgt]
+    return (0,) * nd, (tuple(pad), "constant")
+
+
+def conv_spec(layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+              transposed=False, output_padding=0, rule="conv") -> ConvSpec:
+    """Build a :class:`ConvSpec` from a conv module or a weight tensor (validated)."""
+    if isinstance(layer, _CONV_TYPES):
+        if bias is not None:
+            raise ValueError(f"{rule}: layer is an {type(layer).__name__}, so bias must be None "
+                             "(the layer's own bias is used)")
+        m = layer
+        nd = m.weight.dim() - 2
+        transposed = isinstance(m, torch.nn.modules.conv._ConvTransposeNd)
+        weight, bias = m.weight.detach(), None if m.bias is None else m.bias.detach()
+        stride, dilation, groups = tuple(m.stride), tuple(m.dilation), int(m.groups)
+        output_padding = tuple(m.output_padding)
+        pre_pad = None
+        if isinstance(m.padding, str):
+            padding = m.padding
+        else:
+            padding = tuple(m.padding)
+        if m.padding_mode != "zeros":
+            pre_pad = (tuple(m._reversed_padding_repeated_twice), m.padding_mode)
+            padding = (0,) * nd
+        elif padding == "same":
+            padding, pre_pad = _same_padding(weight, dilation, nd, False, rule)
+        elif padding == "valid":
+            padding = (0,) * nd
+        return ConvSpec(weight, bias, stride, padding, dilation, transposed, output_padding,
+                        groups, nd, pre_pad)
+    if isinstance(layer, torch.nn.Module):
+        raise TypeError(f"{rule}: layer must be a convolution module or a weight tensor, got "
+                        f"{type(layer).__name__}")
+    if not isinstance(layer, torch.Tensor):
+        raise TypeError(f"{rule}: layer must be a convolution module or a weight tensor, got "
+                        f"{type(layer).__name__}")
+    weight = layer.detach()
+    if weight.dim() not in (3, 4, 5):
+        raise ValueError(f"{rule}: a conv weight must be 3-, 4- or 5-D (out, in/groups, *kernel), "
+                         f"got shape {_checks._shape(weight)}")
+    nd = weight.dim() - 2
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{rule}: groups must be a positive int, got {groups!r}")
+    if weight.shape[0] % groups:
+        raise ValueError(f"{rule}: weight's first dim {weight.shape[0]} is not divisible by "
+                         f"groups={groups}")
+    stride = _tuple(stride, nd, "stride", rule)
+    dilation = _tuple(dilation, nd, "dilation", rule)
+    output_padding = _tuple(output_padding, nd, "output_padding", rule)
+    if min(stride) < 1 or min(dilation) < 1:
+        raise ValueError(f"{rule}: stride and dilation must be >= 1, got stride={stride}, "
+                         f"dilation={dilation}")
+    pre_pad = None
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0,) * nd
+        elif padding == "same":
+            padding, pre_pad = _same_padding(weight, dilation, nd, bool(transposed), rule)
+        else:
+            raise ValueError(f"{rule}: padding must be 'same', 'valid', an int or a tuple, got "
+                             f"{padding!r}")
+    else:
+        padding = _tuple(padding, nd, "padding", rule)
+        if min(padding) < 0:
+            raise ValueError(f"{rule}: padding must be >= 0, got {padding}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"{rule}: bias must be a torch.Tensor or None, got "
+                            f"{type(bias).__name__}")
+        bias = bias.detach()
+    return ConvSpec(weight, bias, stride, padding, dilation, bool(transposed), output_padding,
+                    groups, nd, pre_pad)
+
+
+def _prepare(R, a, spec: ConvSpec, rule, output=None):
+    """Validate shapes/dtypes; returns (R, a, output, unbatched)."""
+    for name, t in (("R", R), ("a", a)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{rule}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    nd = spec.nd
+    unbatched = a.dim() == nd + 1
+    if unbatched:
+        a = a.unsqueeze(0)
+        if R.dim() == nd + 1:
+            R = R.unsqueeze(0)
+        if output is not None and output.dim() == nd + 1:
+            output = output.unsqueeze(0)
+    if a.dim() != nd + 2:
+        raise ValueError(f"{rule}: a must have shape (N, C, *spatial) with {nd} spatial dims "
+                         f"for this {nd}-d convolution, got a {_checks._shape(a)}")
+    tensors = [("R", R), ("a", a), ("weight", spec.weight)]
+    if spec.bias is not None:
+        tensors.append(("bias", spec.bias))
+    if output is not None:
+        tensors.append(("output", output))
+    for name, t in tensors:
+        if t.dtype not in _checks.FLOAT_DTYPES:
+            raise TypeError(f"{rule}: {name} must be a floating tensor, got dtype {t.dtype}")
+    for name, t in tensors[1:]:
+        if t.dtype != R.dtype:
+            raise ValueError(f"{rule}: dtype mismatch: R is {R.dtype} but {name} is {t.dtype}")
+        if t.device != R.device:
+            raise ValueError(f"{rule}: device mismatch: R is on {R.device} but {name} is on "
+                             f"{t.device}")
+    if a.shape[1] != spec.in_channels:
+        raise ValueError(f"{rule}: a has {a.shape[1]} channels but the layer expects "
+                         f"{spec.in_channels}; got a {_checks._shape(a)} and weight "
+                         f"{_checks._shape(spec.weight)} (groups={spec.groups})")
+    if spec.bias is not None and tuple(spec.bias.shape) != (spec.out_channels,):
+        raise ValueError(f"{rule}: bias must have shape ({spec.out_channels},), got "
+                         f"{_checks._shape(spec.bias)}")
+    in_sp = list(a.shape[2:])
+    if spec.pre_pad is not None:
+        pad = spec.pre_pad[0]
+        for d in range(nd):
+            in_sp[d] += pad[2 * (nd - 1 - d)] + pad[2 * (nd - 1 - d) + 1]
+    out_sp = []
+    k = spec.weight.shape[2:]
+    for d in range(nd):
+        s, p, dl = spec.stride[d], spec.padding[d], spec.dilation[d]
+        if spec.transposed:
+            out_sp.append((in_sp[d] - 1) * s - 2 * p + dl * (k[d] - 1) + spec.output_padding[d]
+                          + 1)
+        else:
+            out_sp.append((in_sp[d] + 2 * p - dl * (k[d] - 1) - 1) // s + 1)
+    if min(out_sp) < 1:
+        raise ValueError(f"{rule}: a {_checks._shape(a)} is too small for the kernel "
+                         f"{tuple(k)} (output size {tuple(out_sp)})")
+    expect = (a.shape[0], spec.out_channels) + tuple(out_sp)
+    if tuple(R.shape) != expect:
+        raise ValueError(f"{rule}: R must have the layer's output shape "
+                         f"({', '.join(map(str, expect))}), got R {_checks._shape(R)}")
+    if output is not None and tuple(output.shape) != expect:
+        raise ValueError(f"{rule}: output must have the layer's output shape "
+                         f"({', '.join(map(str, expect))}), got {_checks._shape(output)}")
+    return R.detach(), a.detach(), None if output is None else output.detach(), unbatched
+
+
+def _run(rule, R, a, layer, bias, hyper, body, output=None, extra_inputs=()):
+    """Common driver: spec, validation, explicit padding, body, un-padding."""
+    if isinstance(layer, ConvSpec):
+        spec = layer
+    else:
+        spec = conv_spec(layer, bias, rule=rule, **hyper)
+    R, a, output, unbatched = _prepare(R, a, spec, rule, output)
+    with torch.no_grad():
+        if spec.pre_pad is None:
+            out = body(R, a, spec, output, *extra_inputs)
+        else:
+            pad, mode = spec.pre_pad
+            ap = F.pad(a, pad, mode=mode)
+            extra = tuple(F.pad(x, pad, mode=mode) for x in extra_inputs)
+            if body.needs_ones:  # ones in the original input, padded like the input
+                sp = tuple(a.shape[2:])
+                extra = (lambda c: F.pad(torch.ones((1, c) + sp, dtype=a.dtype,
+                                                    device=a.device), pad, mode=mode),)
+            Rp = body(R, ap, spec, output, *extra)
+            if mode == "constant":
+                sl = [slice(None), slice(None)]
+                for d in range(spec.nd):
+                    lft, rgt = pad[2 * (spec.nd - 1 - d)], pad[2 * (spec.nd - 1 - d) + 1]
+                    sl.append(slice(lft, Rp.shape[2 + d] - rgt))
+                out = Rp[tuple(sl)]
+            else:  # reflect / replicate / circular: relevance follows the padding's gradient
+                with torch.enable_grad():
+                    ar = a.detach().requires_grad_(True)
+                    out, = torch.autograd.grad(F.pad(ar, pad, mode=mode), ar, Rp)
+    out = out.contiguous()
+    return out.squeeze(0) if unbatched else out
+
+
+def apply_spec(rule, R, a, spec: ConvSpec, *, output=None, **params):
+    """Run rule ``rule`` (a name from ``__all__``) for a prepared :class:`ConvSpec`.
+
+    Used by model-level code that has already built the (possibly BatchNorm-merged) weights;
+    ``params`` are the rule's parameters, ``output`` as in the rule functions.
+    """
+    if rule in ("epsilon", "zero", "gamma", "alpha_beta"):
+        params["output"] = output
+    return globals()[rule](R, a, spec, **params)
+
+
+def _hyper(stride, padding, dilation, groups, transposed, output_padding):
+    return dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                transposed=transposed, output_padding=output_padding)
+
+
+def _nonneg(a):
+    return a.numel() == 0 or bool(a.amin() >= 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# rule bodies: (R, a, spec, output, ...) -> R_in, all inside no_grad
+# ---------------------------------------------------------------------------------------------
+def _epsilon_body(e):
+    def body(R, a, spec, z):
+        if z is None:
+            z = spec.fwd(a, spec.weight, spec.bias)
+        s = R / _stab(z, e)
+        return a * spec.bwd(s, a.shape, spec.weight)
+    body.needs_ones = False
+    return body
+
+
+def _pm(a, spec, nonneg, output, need_m=True):
+    """P = Σ(aW)⁺ + b⁺ and M = Σ(aW)⁻ + b⁻ (as (N, g, O/g, *sp) views); M may be None."""
+    W = spec.weight
+    Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+    b = spec.bias
+    if nonneg and (output is not None or not need_m):
+        P = spec.fwd(a, Wp, None if b is None else b.clamp(min=0))
+        M = None
+        if need_m:
+            M = spec.grouped(output - P)
+        return spec.grouped(P), M
+    if nonneg:
+        w = spec.stack_weights([[Wp], [Wn]])
+        bb = None if b is None else spec.stack_bias([b.clamp(min=0), b.clamp(max=0)])
+        y = spec.split(spec.fwd(a, w, bb), 2)
+        return y[:, :, 0], y[:, :, 1]
+    x = spec.stack_inputs([a.clamp(min=0), a.clamp(max=0)])
+    if output is not None or not need_m:
+        w = spec.stack_weights([[Wp, Wn]])
+        P = spec.fwd(x, w, None if b is None else b.clamp(min=0))
+        M = None if not need_m else spec.grouped(output - P)
+        return spec.grouped(P), M
+    w = spec.stack_weights([[Wp, Wn], [Wn, Wp]])
+    bb = None if b is None else spec.stack_bias([b.clamp(min=0), b.clamp(max=0)])
+    y = spec.split(spec.fwd(x, w, bb), 2)
+    return y[:, :, 0], y[:, :, 1]
+
+
+def _backward_pm(cp, cn, a, spec, nonneg):
+    """``a⁺ ⊙ T(c⁺ on W⁺ + c⁻ on W⁻) + a⁻ ⊙ T(c⁻ on W⁺ + c⁺ on W⁻)``; ``cn`` may be None.
+
+    ``cp``/``cn`` are (N, g, O/g, *sp) or a ready stacked buffer when ``cn`` is ``"stacked"``.
+    """
+    W = spec.weight
+    Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+    N = a.shape[0]
+    if isinstance(cn, str):
+        G, kO = cp.reshape(N, -1, *cp.shape[4:]), 2
+    else:
+        G, kO = cp.reshape(N, -1, *cp.shape[3:]), 1
+    if kO == 1:
+        if nonneg:
+            return a * spec.bwd(G, a.shape, Wp)
+        x_shape = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
+        y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[Wp, Wn]])), 2)
+        ag = spec.grouped(a)
+        return (ag.clamp(min=0) * y[:, :, 0] + ag.clamp(max=0) * y[:, :, 1]).reshape(a.shape)
+    if nonneg:
+        return a * spec.bwd(G, a.shape, spec.stack_weights([[Wp], [Wn]]))
+    x_shape = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
+    y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[Wp, Wn], [Wn, Wp]])), 2)
+    ag = spec.grouped(a)
+    return (ag.clamp(min=0) * y[:, :, 0] + ag.clamp(max=0) * y[:, :, 1]).reshape(a.shape)
+
+
+def _gamma_body(gam, e):
+    def body(R, a, spec, z):
+        nonneg = _nonneg(a)
+        P, M = _pm(a, spec, nonneg, z)
+        zg = spec.grouped(z) if z is not None else P + M
+        Rg = spec.grouped(R)
+        pos = zg > 0
+        den = torch.where(pos, P, M).mul_(gam).add_(zg)
+        s = Rg / _stab(den, e)
+        s = s.masked_fill_(zg == 0, 0)
+        # c⁺ = (1+γ)s_p + s_n and c⁻ = s_p + (1+γ)s_n, written straight into the stacked buffer
+        G = torch.empty((Rg.shape[0], Rg.shape[1], 2) + tuple(Rg.shape[2:]), dtype=R.dtype,
+                        device=R.device)
+        one_g = torch.tensor(1.0 + gam, dtype=R.dtype, device=R.device)
+        one = torch.tensor(1.0, dtype=R.dtype, device=R.device)
+        torch.mul(s, torch.where(pos, one_g, one), out=G[:, :, 0])
+        torch.mul(s, torch.where(pos, one, one_g), out=G[:, :, 1])
+        return _backward_pm(G, "stacked", a, spec, nonneg)
+    body.needs_ones = False
+    return body
+
+
+def _alpha_beta_body(alpha, beta, e):
+    def body(R, a, spec, z):
+        nonneg = _nonneg(a)
+        need_m = beta != 0
+        P, M = _pm(a, spec, nonneg, z, need_m=need_m)
+        Rg = spec.grouped(R)
+        if not need_m:
+            cp = Rg / _stab(P, e)
+            if alpha != 1:
+                cp = cp.mul_(alpha)
+            return _backward_pm(cp, None, a, spec, nonneg)
+        G = torch.empty((Rg.shape[0], Rg.shape[1], 2) + tuple(Rg.shape[2:]), dtype=R.dtype,
+                        device=R.device)
+        torch.div(Rg, _stab(P, e), out=G[:, :, 0])
+        G[:, :, 0].mul_(alpha)
+        torch.div(Rg, _stab(M, e), out=G[:, :, 1])
+        G[:, :, 1].mul_(-beta)
+        return _backward_pm(G, "stacked", a, spec, nonneg)
+    body.needs_ones = False
+    return body
+
+
+def _ones_fn(a):
+    return lambda c: torch.ones((1, c) + tuple(a.shape[2:]), dtype=a.dtype, device=a.device)
+
+
+def _flat_body(e):
+    def body(R, a, spec, z, ones=None):
+        g = spec.groups
+        Cg = a.shape[1] // g
+        k = spec.weight.shape[2:]
+        ones_w = torch.ones((g, 1) + tuple(k), dtype=a.dtype, device=a.device)
+        ones_x = (ones or _ones_fn(a))(g)
+        cnt = spec.fwd(ones_x, ones_w, groups=g) * Cg  # (1, g, *out_sp): receptive-field counts
+        s = spec.grouped(R) / _stab(cnt, e).unsqueeze(2)  # (N, g, O/g, *sp)
+        s = s.sum(dim=2)  # (N, g, *sp): every output of a group sees the same ones-kernel
+        back = spec.bwd(s, (a.shape[0], g) + tuple(a.shape[2:]), ones_w, groups=g)
+        return back.unsqueeze(2).expand(a.shape[0], g, Cg, *a.shape[2:]).reshape(a.shape)
+    body.needs_ones = True
+    return body
+
+
+def _w_square_body(e):
+    def body(R, a, spec, z, ones=None):
+        W2 = spec.weight * spec.weight
+        b2 = None if spec.bias is None else spec.bias * spec.bias
+        zz = spec.fwd((ones or _ones_fn(a))(a.shape[1]), W2, b2)  # the same for every sample
+        s = R / _stab(zz, e)
+        return spec.bwd(s, a.shape, W2)
+    body.needs_ones = True
+    return body
+
+
+def _z_box_body(e):
+    def body(R, a, spec, z, low, high):
+        W = spec.weight
+        Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+        x = spec.stack_inputs([a, low, high])
+        zz = spec.fwd(x, spec.stack_weights([[W, -Wp, -Wn]]))
+        s = R / _stab(zz, e)
+        x_shape = (a.shape[0], 3 * a.shape[1]) + tuple(a.shape[2:])
+        y = spec.split(spec.bwd(s, x_shape, spec.stack_weights([[W, Wp, Wn]])), 3)
+        ag, lg, hg = spec.grouped(a), spec.grouped(low), spec.grouped(high)
+        return (ag * y[:, :, 0] - lg * y[:, :, 1] - hg * y[:, :, 2]).reshape(a.shape)
+    body.needs_ones = False
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
+# public rules
+# ---------------------------------------------------------------------------------------------
+def epsilon(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+            transposed=False, output_padding=0, epsilon: float = 1e-6, output=None):
+    """LRP-ε for a convolution: ``s = R / stab(conv(a) + b, ε)``, ``R_in = a ⊙ convᵀ(s)``."""
+    _checks.stabilizer(epsilon, "epsilon")
+    return _run("epsilon", R, a, layer, bias,
+                _hyper(stride, padding, dilation, groups, transposed, output_padding),
+                _epsilon_body(float(epsilon)), output)
+
+
+def zero(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+         transposed=False, output_padding=0, output=None):
+    """LRP-0 for a convolution: LRP-ε with ε = 1e-9."""
+    return _run("zero", R, a, layer, bias,
+                _hyper(stride, padding, dilation, groups, transposed, output_padding),
+                _epsilon_body(1e-9), output)
+
+
+def gamma(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+          transposed=False, output_padding=0, gamma: float = 0.25, stabilizer: float = 1e-6,
+          output=None):
+    """Sign-generalised LRP-γ for a convolution."""
+    _checks.finite(gamma, "gamma")
+    _checks.stabilizer(stabilizer, "stabilizer")
+    return _run("gamma", R, a, layer, bias,
+                _hyper(stride, padding, dilation, groups, transposed, output_padding),
+                _gamma_body(float(gamma), float(stabilizer)), output)
+
+
+def alpha_beta(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+               transposed=False, output_padding=0, alpha: float = 2.0, beta: float = 1.0,
+               stabilizer: float = 1e-6, output=None):
+    """LRP-αβ for a convolution (α ≥ 0, β ≥ 0, α − β = 1, else ``ValueError``)."""
+    _checks.alpha_beta(alpha, beta)
+    _checks.stabilizer(stabilizer, "stabilizer")
+    return _run("alpha_beta", R, a, layer, bias,
+                _hyper(stride, padding, dilation, groups, transposed, output_padding),
+                _alpha_beta_body(float(alpha), float(beta), float(stabilizer)), output)
+
+
+def z_plus(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+           transposed=False, output_padding=0, stabilizer: float = 1e-6):
+    """LRP-z⁺ for a convolution (LRP-αβ with α = 1, β = 0)."""
+    _checks.stabilizer(stabilizer, "stabilizer")
+    return _run("z_plus", R, a, layer, bias,
+                _hyper(stride, padding, dilation, groups, transposed, output_padding),
+                _alpha_beta_body(1.0, 0.0, float(stabilizer)))
+
+
+def flat(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+         transposed=False, output_padding=0, stabilizer: float = 1e-6):
+    """Flat rule for a convolution: input and weight replaced by ones, bias dropped."""
+    _checks.stabilizer(stabilizer, "stabilizer")
+    return _run("flat", R, a, layer, bias,
+                _hyper(stride, padding, dilation, groups, transposed, output_padding),
+                _flat_body(float(stabilizer)))
+
+
+def w_square(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+             transposed=False, output_padding=0, stabilizer: float = 1e-6):
+    """LRP-w² for a convolution: input replaced by ones, ``z = conv(1, W²) + b²``."""
+    _checks.stabilizer(stabilizer, "stabilizer")
+    return _run("w_square", R, a, layer, bias,
+                _hyper(stride, padding, dilation, groups, transposed, output_padding),
+                _w_square_body(float(stabilizer)))
+
+
+def z_box(R, a, layer, bias=None, *, low=None, high=None, stride=1, padding=0, dilation=1,
+          groups=1, transposed=False, output_padding=0, stabilizer: float = 1e-6):
+    """LRP-z^B for a convolution (input layer); the bias cancels and is ignored."""
+    _checks.stabilizer(stabilizer, "stabilizer")
+    if isinstance(a, torch.Tensor):
+        nd_a = a
+        spec_nd = None
+        if isinstance(layer, _CONV_TYPES):
+            spec_nd = layer.weight.dim() - 2
+        elif isinstance(layer, torch.Tensor):
+            spec_nd = layer.dim() - 2
+        elif isinstance(layer, ConvSpec):
+            spec_nd = layer.nd
+        if spec_nd is not None and a.dim() == spec_nd + 1:
+            nd_a = a.unsqueeze(0)
+        low_, high_ = _checks.bounds(low, high, nd_a)
+        low_, high_ = low_.contiguous(), high_.contiguous()
+    else:
+        low_ = high_ = None
+    return _run("z_box", R, a, layer, bias,
+                _hyper(stride, padding, dilation, groups, transposed, output_padding),
+                _z_box_body(float(stabilizer)), None, (low_, high_))

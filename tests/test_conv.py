@@ -1,0 +1,176 @@
+"""Conv rules: fused implementation (lrp_ext.conv) against the plain reference
+(lrp_ext.conv_reference) in float64, and against the dense rules for a full-input kernel."""
+import itertools
+
+import pytest
+import torch
+
+from lrp_ext import conv as fast
+from lrp_ext import conv_reference as ref
+from lrp_ext import reference as dense_ref
+
+RULES = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box"]
+D = torch.float64
+
+
+def _kwargs(rule, a, gen):
+    if rule == "z_box":
+        low = -torch.rand(a.shape[1:], generator=gen, dtype=D) - 0.5
+        return dict(low=low, high=low.abs() + 1.0)
+    if rule == "gamma":
+        return dict(gamma=0.3)
+    if rule == "alpha_beta":
+        return dict(alpha=2.0, beta=1.0)
+    return {}
+
+
+# (nd, transposed, C, O, k, stride, padding, dilation, groups, output_padding, spatial)
+CASES = [
+    (2, False, 3, 5, 3, 1, 1, 1, 1, 0, (7, 6)),
+    (2, False, 4, 6, (3, 2), (2, 1), (1, 0), (1, 2), 2, 0, (9, 8)),
+    (1, False, 6, 4, 5, 2, 2, 1, 2, 0, (11,)),
+    (1, False, 3, 3, 3, 1, 4, 3, 3, 0, (5,)),
+    (3, False, 2, 4, 3, 2, 1, 1, 1, 0, (5, 4, 5)),
+    (2, True, 4, 6, 3, 2, 1, 1, 2, 1, (4, 5)),
+    (1, True, 3, 2, 4, 3, 0, 2, 1, 2, (5,)),
+    (3, True, 2, 2, 2, 1, 0, 1, 2, 0, (3, 2, 3)),
+]
+
+
+def _layer(case, gen, bias):
+    nd, tr, C, O, k, stride, padding, dilation, groups, opad, sp = case
+    ks = (k,) * nd if isinstance(k, int) else k
+    if tr:
+        W = torch.randn((C, O // groups) + ks, generator=gen, dtype=D)
+    else:
+        W = torch.randn((O, C // groups) + ks, generator=gen, dtype=D)
+    b = torch.randn(O, generator=gen, dtype=D) if bias else None
+    hyper = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                 transposed=tr, output_padding=opad)
+    return W, b, hyper
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("ci", range(len(CASES)))
+@pytest.mark.parametrize("bias,nonneg", [(True, True), (True, False), (False, False)])
+def test_fast_matches_reference(rule, ci, bias, nonneg):
+    gen = torch.Generator().manual_seed(1000 * ci + 7 * RULES.index(rule) + bias + 2 * nonneg)
+    case = CASES[ci]
+    W, b, hyper = _layer(case, gen, bias)
+    N = 2
+    a = torch.randn((N, case[2]) + case[10], generator=gen, dtype=D)
+    if nonneg:
+        a = a.clamp(min=0)
+    with torch.no_grad():
+        z = ref._Layer(W, b, hyper, "t").f(a, W, b)
+    R = torch.randn(z.shape, generator=gen, dtype=D)
+    kw = _kwargs(rule, a, gen)
+    got = getattr(fast, rule)(R, a, W, b, **hyper, **kw)
+    want = getattr(ref, rule)(R, a, W, b, **hyper, **kw)
+    assert got.shape == a.shape and got.dtype == a.dtype
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    if rule in ("zero", "epsilon", "gamma", "alpha_beta"):
+        got2 = getattr(fast, rule)(R, a, W, b, **hyper, **kw, output=z)
+        torch.testing.assert_close(got2, want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_full_kernel_equals_dense(rule):
+    """A conv whose kernel covers the whole input is a Linear layer on the flattened input."""
+    gen = torch.Generator().manual_seed(3 + RULES.index(rule))
+    N, C, H, Wd, O = 3, 2, 4, 3, 5
+    W = torch.randn(O, C, H, Wd, generator=gen, dtype=D)
+    b = torch.randn(O, generator=gen, dtype=D)
+    a = torch.randn(N, C, H, Wd, generator=gen, dtype=D)
+    R = torch.randn(N, O, 1, 1, generator=gen, dtype=D)
+    kw = _kwargs(rule, a, gen)
+    got = getattr(fast, rule)(R, a, W, b, **kw)
+    dkw = dict(kw)
+    if rule == "z_box":
+        dkw = dict(low=kw["low"].reshape(-1), high=kw["high"].reshape(-1))
+    want = getattr(dense_ref, rule)(R.reshape(N, O), a.reshape(N, -1), W.reshape(O, -1), b,
+                                    **dkw)
+    torch.testing.assert_close(got, want.reshape(a.shape), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "circular", "same"])
+@pytest.mark.parametrize("rule", ["epsilon", "gamma", "flat", "w_square", "z_box"])
+def test_module_padding_modes(mode, rule):
+    torch.manual_seed(5)
+    if mode == "same":
+        m = torch.nn.Conv2d(3, 4, (4, 3), padding="same", dilation=(1, 2)).double()
+    else:
+        m = torch.nn.Conv2d(3, 4, 3, padding=2, stride=2, padding_mode=mode).double()
+    a = torch.randn(2, 3, 7, 8, dtype=D)
+    with torch.no_grad():
+        z = m(a)
+    R = torch.randn_like(z)
+    kw = _kwargs(rule, a, torch.Generator().manual_seed(1))
+    got = getattr(fast, rule)(R, a, m, **kw)
+    want = getattr(ref, rule)(R, a, m, **kw)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    if rule == "epsilon":  # LRP-ε with R = z ⊙ g is gradient × input
+        g = torch.randn_like(z)
+        x = a.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(m(x), x, g)
+        got = fast.epsilon(z * g, a, m, epsilon=1e-12)
+        if m.bias is not None:  # the bias takes its share: compare on a bias-free copy
+            m0 = torch.nn.Conv2d(3, 4, m.kernel_size, padding=m.padding, stride=m.stride,
+                                 dilation=m.dilation, padding_mode=m.padding_mode,
+                                 bias=False).double()
+            m0.weight.data.copy_(m.weight.data)
+            with torch.no_grad():
+                z0 = m0(a)
+            x = a.clone().requires_grad_(True)
+            grad, = torch.autograd.grad(m0(x), x, g)
+            got = fast.epsilon(z0 * g, a, m0, epsilon=1e-12)
+        torch.testing.assert_close(got, grad * a, rtol=1e-7, atol=1e-9)
+
+
+def test_conservation_and_float32():
+    torch.manual_seed(0)
+    m = torch.nn.Conv2d(4, 8, 3, padding=1, bias=False)
+    a = torch.rand(2, 4, 9, 9)
+    R = torch.rand(2, 8, 9, 9)
+    for rule in ("z_plus", "alpha_beta"):
+        out = getattr(fast, rule)(R, a, m)
+        torch.testing.assert_close(out.sum(), R.sum(), rtol=1e-4, atol=1e-4)
+        want = getattr(ref, rule)(R.double(), a.double(), m.weight.double(), padding=1)
+        torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-5)
+    out = fast.flat(R, a, m)
+    torch.testing.assert_close(out.sum(), R.sum(), rtol=1e-4, atol=1e-4)
+
+
+def test_unbatched_and_module_equals_tensor():
+    torch.manual_seed(1)
+    m = torch.nn.Conv1d(3, 4, 3, stride=2, padding=1, groups=1).double()
+    a = torch.randn(3, 10, dtype=D)
+    R = torch.randn(4, 5, dtype=D)
+    out = fast.gamma(R, a, m)
+    assert out.shape == a.shape
+    want = fast.gamma(R[None], a[None], m.weight, m.bias, stride=2, padding=1)[0]
+    torch.testing.assert_close(out, want)
+
+
+def test_bad_arguments():
+    m = torch.nn.Conv2d(3, 4, 3)
+    a = torch.randn(1, 3, 8, 8)
+    R = torch.randn(1, 4, 6, 6)
+    with pytest.raises(ValueError, match="R must have the layer's output shape"):
+        fast.epsilon(torch.randn(1, 4, 5, 5), a, m)
+    with pytest.raises(ValueError, match="channels"):
+        fast.epsilon(R, torch.randn(1, 2, 8, 8), m)
+    with pytest.raises(ValueError, match="bias must be None"):
+        fast.epsilon(R, a, m, torch.zeros(4))
+    with pytest.raises(TypeError, match="layer must be a convolution module"):
+        fast.epsilon(R, a, torch.nn.Linear(3, 4))
+    with pytest.raises(ValueError, match="dtype mismatch"):
+        fast.epsilon(R.double(), a, m)
+    with pytest.raises(ValueError, match="alpha"):
+        fast.alpha_beta(R, a, m, alpha=1.0, beta=1.0)
+    with pytest.raises(ValueError, match="low is required"):
+        fast.z_box(R, a, m, high=1.0)
+    with pytest.raises(ValueError, match="spatial dims"):
+        fast.epsilon(R, torch.randn(3, 8), m)
+    with pytest.raises(ValueError, match="too small"):
+        fast.epsilon(R, torch.randn(1, 3, 2, 2), m)
