@@ -11,6 +11,7 @@ the kernels.
 """
 from __future__ import annotations
 
+import math
 import zlib
 
 import pytest
@@ -94,7 +95,8 @@ def rel_err(out, ref):
 def assert_close(out, ref, dtype, what="", native=None):
     """``out`` within TOL[dtype] of the float64 ``ref`` (relative to its norm).  For half and
     bfloat16, ``native`` (the reference run in that dtype) may widen the bound to three times its
-    own error: a rule whose z passes through a 2-byte matmul output cannot be more accurate."""
+    own error, at most 0.25: a rule whose z passes through a 2-byte matmul output cannot be more
+    accurate than that."""
     assert out.dtype == dtype and out.shape == ref.shape, (out.dtype, out.shape, ref.shape)
     out64 = out.double()
     bad_nan = torch.isnan(out64) & ~torch.isnan(ref)
@@ -104,7 +106,9 @@ def assert_close(out, ref, dtype, what="", native=None):
         return
     tol = TOL[dtype]
     if native is not None and dtype in (torch.float16, torch.bfloat16):
-        tol = max(tol, 3 * rel_err(native, ref))
+        native_err = rel_err(native, ref)
+        if math.isfinite(native_err):  # a NaN/inf native result widens nothing
+            tol = min(max(tol, 3 * native_err), 0.25)
     err = rel_err(out, ref)
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
 
