@@ -416,6 +416,13 @@ struct Prepared {
   at::ScalarType acc;
 };
 
+// number of samples: the product of the leading (batch) dims
+int64_t batch_of(const Tensor& a) {
+  int64_t n = 1;
+  for (int64_t d = 0; d + 1 < a.dim(); ++d) n *= a.size(d);
+  return n;
+}
+
 Prepared prepare(const Tensor& R, const Tensor& a, const Tensor& W,
                  const c10::optional<Tensor>& b) {
   Prepared p;
@@ -423,9 +430,9 @@ Prepared prepare(const Tensor& R, const Tensor& a, const Tensor& W,
   p.I = W.size(1);
   wtype_of(a.scalar_type());
   p.acc = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  p.a2 = a.reshape({-1, p.I}).to(p.acc).contiguous();
-  p.R2 = R.reshape({-1, p.O}).to(p.acc).contiguous();
-  p.N = p.a2.size(0);
+  p.N = batch_of(a);
+  p.a2 = a.reshape({p.N, p.I}).to(p.acc).contiguous();
+  p.R2 = R.reshape({p.N, p.O}).to(p.acc).contiguous();
   p.W = W.contiguous();
   if (b.has_value()) p.b = b->to(p.acc).contiguous();
   return p;
@@ -525,8 +532,8 @@ Tensor z_box_cpu(const Tensor& R, const Tensor& a, const Tensor& W, const Tensor
   check_dense("z_box", R, a, W, c10::nullopt);
   check_bounds(a, low, high);
   Prepared p = prepare(R, a, W, c10::nullopt);
-  Tensor u = (p.a2 - low.expand(a.sizes()).reshape({-1, p.I}).to(p.acc)).contiguous();
-  Tensor v = (p.a2 - high.expand(a.sizes()).reshape({-1, p.I}).to(p.acc)).contiguous();
+  Tensor u = (p.a2 - low.expand(a.sizes()).reshape({p.N, p.I}).to(p.acc)).contiguous();
+  Tensor v = (p.a2 - high.expand(a.sizes()).reshape({p.N, p.I}).to(p.acc)).contiguous();
   Params pr;
   pr.e = stabilizer;
   return dispatch_plan({MERGE, SPLIT, Epi::BOX, Fin::TWO}, pr, p, u, v, a);
@@ -537,8 +544,8 @@ Tensor flat_cpu(const Tensor& R, const Tensor& a, const Tensor& W, double stabil
   check_dense("flat", R, a, W, c10::nullopt);
   const int64_t O = W.size(0), I = W.size(1);
   const at::ScalarType acc = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  Tensor R2 = R.reshape({-1, O}).to(acc).contiguous();
-  const int64_t N = R2.size(0);
+  const int64_t N = batch_of(a);
+  Tensor R2 = R.reshape({N, O}).to(acc).contiguous();
   Tensor out = at::empty({N, I}, a.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "lrp_ext_flat", [&] {
     using T = scalar_t;

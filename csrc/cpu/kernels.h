@@ -22,7 +22,13 @@ namespace cpu {
 namespace LRP_ISA {
 namespace {
 
-constexpr int kBytes = 64;  // one vector: 16 floats or 8 doubles (1, 2 or 4 registers)
+// One vector is one register of the ISA (LRP_VBYTES: 64 for AVX-512, 32 for AVX2, 16 for SSE2)
+// and the register blocking below is sized to the register file (32 zmm, 16 ymm/xmm).
+#ifndef LRP_VBYTES
+#define LRP_VBYTES 16
+#endif
+constexpr int kBytes = LRP_VBYTES;
+constexpr bool kWide = kBytes == 64;
 
 template <class T> struct Vec;
 template <> struct Vec<float> {
@@ -33,8 +39,8 @@ template <> struct Vec<double> {
   typedef double type __attribute__((vector_size(kBytes)));
   static constexpr int L = kBytes / 8;
 };
-typedef uint16_t U16x16 __attribute__((vector_size(32)));
-typedef uint32_t U32x16 __attribute__((vector_size(64)));
+typedef uint16_t U16v __attribute__((vector_size(kBytes / 2)));
+typedef uint32_t U32v __attribute__((vector_size(kBytes)));
 
 struct BF16 { uint16_t bits; };
 
@@ -57,7 +63,7 @@ template <class T> inline typename Vec<T>::type chunk_w(const T* p) {
   return load<typename Vec<T>::type>(p);
 }
 inline Vec<float>::type chunk_w(const BF16* p) {
-  U32x16 u = __builtin_convertvector(load<U16x16>(p), U32x16) << 16;
+  U32v u = __builtin_convertvector(load<U16v>(p), U32v) << 16;
   return load<Vec<float>::type>(&u);
 }
 
@@ -113,7 +119,9 @@ constexpr int OT = 16;
 constexpr int KT = 256;  // a multiple of every vector length
 constexpr int NG = 16;   // samples per forward accumulator tile
 
-template <int C> constexpr int nb_of() { return (C == ID || C == POS || C == SQ) ? 4 : 2; }
+constexpr bool single(int c) { return c == ID || c == POS || c == SQ; }
+// samples per register block (forward and backward)
+template <int C> constexpr int nb_of() { return kWide ? (single(C) ? 4 : 2) : (single(C) ? 2 : 1); }
 
 // acc[ob][nb][k] (vector partial sums, tile strides so/sn) += combo over inputs [i0, i1)
 template <int C, class T, class WT, int OB, int NB>
@@ -264,7 +272,7 @@ template <int C, class T, class WT>
 void bwd_rows(const WT* W, const T* c, T* buf, int64_t N, int64_t O, int64_t I, int64_t o0,
               int64_t o1) {
   constexpr int L = Vec<T>::L, KI = ki_of(C), KO = ko_of(C);
-  constexpr int OBF = (C == ID || C == POS || C == SQ) ? 16 : 8;  // rows per register pass
+  constexpr int OBF = (single(C) ? 16 : 8) / (kWide ? 1 : 2);  // rows per register pass
   const int64_t Iv = I / L * L;
   for (int64_t ot = o0; ot < o1; ot += OT) {
     const int on = int(o1 - ot < OT ? o1 - ot : OT);
