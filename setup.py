@@ -51,7 +51,7 @@ if force_cuda and not with_cuda:
 
 sources = ["csrc/lrp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 include_dirs = [os.path.join(ROOT, "csrc")]
-cxx_flags = ["-O3", "-Wno-psabi", "-ffp-contract=fast", "-fopenmp"]
+cxx_flags = ["-O3", "-Wno-psabi", "-ffp-contract=off", "-fopenmp"]
 define_macros = []
 
 if with_cuda:

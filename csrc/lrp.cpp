@@ -73,8 +73,11 @@ void check_bounds(const at::Tensor& a, const at::Tensor& low, const at::Tensor& 
                 a.scalar_type(), " but ", name, " is ", p->scalar_type());
     TORCH_CHECK(p->device() == a.device(), "z_box: device mismatch: a is on ", a.device(),
                 " but ", name, " is on ", p->device());
-    TORCH_CHECK(at::infer_size(p->sizes(), a.sizes()) == a.sizes(), "z_box: ", name,
-                " of shape ", shape_str(*p), " is not broadcastable to a ", shape_str(a));
+    bool ok = p->dim() <= a.dim();
+    for (int64_t d = 1; ok && d <= p->dim(); ++d)
+      ok = p->size(-d) == 1 || p->size(-d) == a.size(-d);
+    TORCH_CHECK(ok, "z_box: ", name, " of shape ", shape_str(*p), " is not broadcastable to a ",
+                shape_str(a));
   }
 }
 

@@ -66,9 +66,34 @@ def _warn_missing(dev_type):
                   "falling back to the slower lrp_ext.reference", RuntimeWarning, stacklevel=3)
 
 
-if _loaded():
-    def _fake(R, a, W, *args):
-        return torch.empty(a.shape, dtype=a.dtype, device=a.device)
+_TENSOR_ARGS = {"epsilon": ("R", "a", "W", "b"), "gamma": ("R", "a", "W", "b"),
+                "alpha_beta": ("R", "a", "W", "b"), "flat": ("R", "a", "W"),
+                "w_square": ("R", "a", "W", "b"), "z_box": ("R", "a", "W", "low", "high")}
 
+
+def _make_fake(name):
+    def fake(*args):
+        # the same dtype/device/shape checks as the compiled kernels (csrc/lrp.cpp), so a
+        # mismatch fails under fake tensors too instead of producing a result
+        tensors = [(n, t) for n, t in zip(_TENSOR_ARGS[name], args) if t is not None]
+        a = args[1]
+        for n, t in tensors:
+            if t.dtype != a.dtype:
+                raise RuntimeError(f"{name}: dtype mismatch: a is {a.dtype} but {n} is {t.dtype}")
+            if t.device != a.device:
+                raise RuntimeError(f"{name}: device mismatch: a is on {a.device} but {n} is on "
+                                   f"{t.device}")
+        R, W = args[0], args[2]
+        torch._check(W.dim() == 2, lambda: f"{name}: W must be 2-D (O, I)")
+        torch._check(a.dim() >= 1 and a.shape[-1] == W.shape[1],
+                     lambda: f"{name}: a's last dim must equal W's in_features")
+        torch._check(R.dim() >= 1 and R.shape[-1] == W.shape[0],
+                     lambda: f"{name}: R's last dim must equal W's out_features")
+        torch._check(R.shape[:-1] == a.shape[:-1], lambda: f"{name}: batch dims of R and a differ")
+        return torch.empty(a.shape, dtype=a.dtype, device=a.device)
+    return fake
+
+
+if _loaded():
     for _name in OP_NAMES:
-        torch.library.register_fake(f"lrp_ext::{_name}")(_fake)
+        torch.library.register_fake(f"lrp_ext::{_name}")(_make_fake(_name))

@@ -10,9 +10,10 @@
 //
 // Two paths: "fused" streams W once per product and applies ρ (W⁺, W⁻, W²) while reading it
 // (kernels.h, one copy per ISA), for the memory-bound small batch; "gemm" builds the modified
-// weights once (stacked so that one matmul yields every partial product) and calls ATen's
-// matmul (MKL / oneDNN), for the compute-bound large batch. The elementwise stages are the same
-// loops for both. Testing knobs, read at each call: LRP_EXT_CPU_PATH=auto|fused|gemm,
+// weights once per call (W⁺, [W⁺; W⁻] or W² in one pass over W) and calls ATen's matmul (MKL /
+// oneDNN) into the stacked buffers, for the compute-bound large batch. The elementwise stages
+// are the same loops for both. Skipping the a⁻ terms when a >= 0 gives bit-identical results:
+// the mixed-sign plan performs the same operations plus exact zeros. Testing knobs, read at each call: LRP_EXT_CPU_PATH=auto|fused|gemm,
 // LRP_EXT_CPU_ISA=auto|avx512|avx2|scalar, LRP_EXT_ASSUME_MIXED=1 (never skip the a⁻ terms).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -141,11 +142,9 @@ void par_rows(int64_t N, int64_t L, const std::function<void(int64_t, int64_t)>&
   at::parallel_for(0, N, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, L)), f);
 }
 
-// Forward epilogue: z (kz, N, O) -> coefficients c (kc, N, O). With zfull (gemm path of the
-// two-coefficient rules), z holds [a W⁺ᵀ, a Wᵀ] instead of [P, M] and c receives
-// [c⁺ − c⁻, c⁻], so that the backward is (c⁺ − c⁻) W⁺ + c⁻ W and W⁻ is never built.
+// Forward epilogue: z (kz, N, O) -> coefficients c (kc, N, O).
 template <class T>
-void epilogue(Epi epi, const Params& pr, bool zfull, const T* z, T* c, const T* R, const T* b,
+void epilogue(Epi epi, const Params& pr, const T* z, T* c, const T* R, const T* b,
               const T* zrow, int64_t N, int64_t O) {
   const int64_t NO = N * O;
   const T e = T(pr.e), g = T(pr.gamma), al = T(pr.alpha), be = T(pr.beta);
@@ -175,7 +174,7 @@ void epilogue(Epi epi, const Params& pr, bool zfull, const T* z, T* c, const T* 
         case Epi::AB:
           for (int64_t o = 0; o < O; ++o) {
             const T P = z0[o] + (b ? pos(b[o]) : T(0));
-            const T M = (zfull ? z1[o] - z0[o] : z1[o]) + (b ? neg(b[o]) : T(0));
+            const T M = z1[o] + (b ? neg(b[o]) : T(0));
             T cp, cn;
             if (epi == Epi::GAMMA) {
               const T zz = P + M;
@@ -187,7 +186,7 @@ void epilogue(Epi epi, const Params& pr, bool zfull, const T* z, T* c, const T* 
               cp = al * r[o] / stab<T>(P, e);
               cn = -be * r[o] / stab<T>(M, e);
             }
-            c0[o] = zfull ? cp - cn : cp;
+            c0[o] = cp;
             c1[o] = cn;
           }
           break;
@@ -233,9 +232,9 @@ WType wtype_of(at::ScalarType s) {
   }
 }
 
-// One pass over W building ρ(W) in the accumulation type T for the gemm path: W⁺ (POS), W⁻
-// (NEG) or W² (SQ, also writing the row sums of W² to rowsum).
-enum class Build { POS, NEG, SQ };
+// One pass over W building ρ(W) in the accumulation type T for the gemm path: W⁺ (POS),
+// [W⁺; W⁻] as (2, O, I) (PAIR) or W² (SQ, also writing the row sums of W² to rowsum).
+enum class Build { POS, PAIR, SQ };
 template <class T, class WT>
 void build_into(const WT* W, int64_t O, int64_t I, Build kind, T* v, T* rowsum) {
   at::parallel_for(0, O, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, I)),
@@ -245,7 +244,15 @@ void build_into(const WT* W, int64_t O, int64_t I, Build kind, T* v, T* rowsum) 
       T* r = v + o * I;
       switch (kind) {
         case Build::POS: for (int64_t i = 0; i < I; ++i) r[i] = pos(T(w[i])); break;
-        case Build::NEG: for (int64_t i = 0; i < I; ++i) r[i] = neg(T(w[i])); break;
+        case Build::PAIR: {
+          T* rn = v + (O + o) * I;
+          for (int64_t i = 0; i < I; ++i) {
+            const T x = T(w[i]);
+            r[i] = pos(x);
+            rn[i] = neg(x);
+          }
+          break;
+        }
         case Build::SQ: {
           for (int64_t i = 0; i < I; ++i) { const T x = T(w[i]); r[i] = x * x; }
           T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -281,7 +288,7 @@ Tensor scratch(at::IntArrayRef sizes, at::ScalarType dtype) {
 template <class T>
 Tensor build(const Tensor& Wc, Build kind, at::ScalarType acc, Tensor* rowsum = nullptr) {
   const int64_t O = Wc.size(0), I = Wc.size(1);
-  Tensor V = scratch({O, I}, acc);
+  Tensor V = kind == Build::PAIR ? scratch({2, O, I}, acc) : scratch({O, I}, acc);
   T* rs = nullptr;
   if (rowsum) {
     *rowsum = at::empty({1, O}, V.options());
@@ -317,8 +324,7 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
   job.I = I;
   job.N = N;
 
-  Tensor z, c = scratch({kc, N, O}, acc), t, zrow, xf = x;
-  bool zfull = false;
+  Tensor z, c = scratch({kc, N, O}, acc), t, zrow;
   if (use_fused(N)) {
     if (pl.epi == Epi::WSQ) {  // w² needs only the row sums of W² (the same for every sample)
       zrow = at::empty({1, O}, opt);
@@ -336,64 +342,63 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
       job.out = z.data_ptr();
       run_forward(job);
     }
-    epilogue<T>(pl.epi, pr, false, z.defined() ? z.data_ptr<T>() : nullptr, c.data_ptr<T>(),
+    epilogue<T>(pl.epi, pr, z.defined() ? z.data_ptr<T>() : nullptr, c.data_ptr<T>(),
                 RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
                 zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
     job.combo = pl.bwd;
     job.x = c.data_ptr();
     t = run_backward(job, kt, acc);
   } else {
-    // gemm path: ρ(W) built once, ATen matmuls write straight into the stacked buffers
-    Tensor Wa = Wc;  // no copy for float32 / float64
-    if (Wc.scalar_type() != acc) Wa = scratch(Wc.sizes(), acc).copy_(Wc);
-    Tensor Wp, Wn, W2;
+    // gemm path: ρ(W) built once, ATen matmuls write straight into the stacked buffers. The
+    // signed plans use W⁺ and W⁻ (never W − W⁺: the sums of one sign must not cancel), with
+    // the mixed-sign plan's products a superset of the a >= 0 plan's, in the same order.
+    Tensor Wp, Wn;
     if (pl.fwd == ID) {
-      Wp = Wa;
+      Wp = Wc;  // no copy for float32 / float64
+      if (Wc.scalar_type() != acc) Wp = scratch(Wc.sizes(), acc).copy_(Wc);
     } else if (pl.fwd == SQ) {
-      W2 = build<T>(Wc, Build::SQ, acc, &zrow);
-    } else {
+      Wp = build<T>(Wc, Build::SQ, acc, &zrow);
+    } else if (pl.fwd == POS) {
       Wp = build<T>(Wc, Build::POS, acc);
-      if (pl.fwd == CROSS) Wn = build<T>(Wc, Build::NEG, acc);
-    }
-    if (pl.fwd == MERGE) {  // z = x0 W⁺ᵀ + x1 W⁻ᵀ = (x0 − x1) W⁺ᵀ + x1 Wᵀ
-      xf = at::stack({x[0] - x[1], x[1]});
+    } else {
+      Tensor pair = build<T>(Wc, Build::PAIR, acc);
+      Wp = pair[0];
+      Wn = pair[1];
     }
     z = scratch({kz, N, O}, acc);
     switch (pl.fwd) {
       case ID: case POS: mm_into(z[0], x[0], Wp.t()); break;
       case SQ: break;
-      case SPLIT:  // [a W⁺ᵀ, a Wᵀ]
-        zfull = true;
+      case SPLIT:  // [a W⁺ᵀ, a W⁻ᵀ]
         mm_into(z[0], x[0], Wp.t());
-        mm_into(z[1], x[0], Wa.t());
+        mm_into(z[1], x[0], Wn.t());
         break;
-      case MERGE:
-        mm_into(z[0], xf[0], Wp.t());
-        mm_into(z[0], xf[1], Wa.t(), true);
+      case MERGE:  // x0 W⁺ᵀ + x1 W⁻ᵀ
+        mm_into(z[0], x[0], Wp.t());
+        mm_into(z[0], x[1], Wn.t(), true);
         break;
-      case CROSS:
+      case CROSS:  // [x0 W⁺ᵀ + x1 W⁻ᵀ, x0 W⁻ᵀ + x1 W⁺ᵀ]
         mm_into(z[0], x[0], Wp.t());
         mm_into(z[0], x[1], Wn.t(), true);
         mm_into(z[1], x[0], Wn.t());
         mm_into(z[1], x[1], Wp.t(), true);
         break;
     }
-    epilogue<T>(pl.epi, pr, zfull, pl.fwd == SQ ? nullptr : z.data_ptr<T>(), c.data_ptr<T>(),
+    epilogue<T>(pl.epi, pr, pl.fwd == SQ ? nullptr : z.data_ptr<T>(), c.data_ptr<T>(),
                 RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
                 zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
     t = scratch({kt, N, I}, acc);
     switch (pl.bwd) {
-      case ID: case POS: mm_into(t[0], c[0], Wp); break;
-      case SQ: mm_into(t[0], c[0], W2); break;
-      case MERGE:  // (c⁺ − c⁻) W⁺ + c⁻ W
+      case ID: case POS: case SQ: mm_into(t[0], c[0], Wp); break;
+      case MERGE:  // c⁺ W⁺ + c⁻ W⁻
         mm_into(t[0], c[0], Wp);
-        mm_into(t[0], c[1], Wa, true);
+        mm_into(t[0], c[1], Wn, true);
         break;
-      case SPLIT:  // [c W⁺, c W] pairs with (x0 − x1, x1)
+      case SPLIT:  // [c W⁺, c W⁻]
         mm_into(t[0], c[0], Wp);
-        mm_into(t[1], c[0], Wa);
+        mm_into(t[1], c[0], Wn);
         break;
-      case CROSS:
+      case CROSS:  // [c⁺ W⁺ + c⁻ W⁻, c⁻ W⁺ + c⁺ W⁻]
         mm_into(t[0], c[0], Wp);
         mm_into(t[0], c[1], Wn, true);
         mm_into(t[1], c[1], Wp);
@@ -404,7 +409,7 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
 
   Tensor out = at::empty({N, I}, a_like.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "lrp_ext_finish", [&] {
-    finish<T, scalar_t>(pl.fin, t.data_ptr<T>(), xf.data_ptr<T>(), out.data_ptr<scalar_t>(), N,
+    finish<T, scalar_t>(pl.fin, t.data_ptr<T>(), x.data_ptr<T>(), out.data_ptr<scalar_t>(), N,
                         I);
   });
   return out;

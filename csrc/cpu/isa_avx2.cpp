@@ -1,6 +1,7 @@
 // The SIMD engines compiled for AVX2 + FMA (chosen at run time when the CPU has them).
 #include <cstdint>
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2")
+#include <immintrin.h>
 #define LRP_VBYTES 32
 #define LRP_ISA avx2
 #include "kernels.h"

@@ -86,17 +86,48 @@ template <int C, class V> inline Prep<V> prep(V w) {
   else return {pos(w), neg(w)};
 }
 
+// a * b + c as one fused multiply-add where the ISA has it, spelled out so that it does not
+// depend on the compiler's contraction choices (the build uses -ffp-contract=off): the same
+// term gives the same bits in every combo and every register blocking.
+template <class V> inline V fmadd(V a, V b, V c) {
+#if LRP_VBYTES == 64
+  if constexpr (sizeof(a[0]) == 4)
+    return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+  else
+    return (V)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif LRP_VBYTES == 32
+  if constexpr (sizeof(a[0]) == 4)
+    return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+  else
+    return (V)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+  return a * b + c;
+#endif
+}
+#if LRP_VBYTES > 16
+inline float fmadd(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+inline double fmadd(double a, double b, double c) { return __builtin_fma(a, b, c); }
+#else
+inline float fmadd(float a, float b, float c) { return a * b + c; }
+inline double fmadd(double a, double b, double c) { return a * b + c; }
+#endif
+
+// One FMA per term, in the same order in every combo: with x1 = 0 the two-input combos add
+// exact zeros, so skipping the a⁻ terms (a >= 0) gives bit-identical results.
 template <int C, class V, class X> inline void accum(const Prep<V>& w, const X* x, V* acc) {
   if constexpr (C == ID || C == POS || C == SQ) {
-    acc[0] += x[0] * w.p;
+    acc[0] = fmadd(V(x[0]), w.p, acc[0]);
   } else if constexpr (C == SPLIT) {
-    acc[0] += x[0] * w.p;
-    acc[1] += x[0] * w.n;
+    acc[0] = fmadd(V(x[0]), w.p, acc[0]);
+    acc[1] = fmadd(V(x[0]), w.n, acc[1]);
   } else if constexpr (C == MERGE) {
-    acc[0] += x[0] * w.p + x[1] * w.n;
+    acc[0] = fmadd(V(x[0]), w.p, acc[0]);
+    acc[0] = fmadd(V(x[1]), w.n, acc[0]);
   } else {
-    acc[0] += x[0] * w.p + x[1] * w.n;
-    acc[1] += x[0] * w.n + x[1] * w.p;
+    acc[0] = fmadd(V(x[0]), w.p, acc[0]);
+    acc[0] = fmadd(V(x[1]), w.n, acc[0]);
+    acc[1] = fmadd(V(x[0]), w.n, acc[1]);
+    acc[1] = fmadd(V(x[1]), w.p, acc[1]);
   }
 }
 
@@ -272,7 +303,9 @@ template <int C, class T, class WT>
 void bwd_rows(const WT* W, const T* c, T* buf, int64_t N, int64_t O, int64_t I, int64_t o0,
               int64_t o1) {
   constexpr int L = Vec<T>::L, KI = ki_of(C), KO = ko_of(C);
-  constexpr int OBF = (single(C) ? 16 : 8) / (kWide ? 1 : 2);  // rows per register pass
+  // rows per register pass; the same for every combo, so that the partial sums group the rows
+  // alike in the a >= 0 and the mixed-sign plans
+  constexpr int OBF = kWide ? 8 : 4;
   const int64_t Iv = I / L * L;
   for (int64_t ot = o0; ot < o1; ot += OT) {
     const int on = int(o1 - ot < OT ? o1 - ot : OT);
