@@ -75,14 +75,29 @@ bool use_fused(int64_t N) {
 
 bool assume_mixed() { return !std::strcmp(env("LRP_EXT_ASSUME_MIXED"), "1"); }
 
+// Work is handed out dynamically in blocks of rows: on a machine where other processes take a
+// core now and then, a static split leaves every thread waiting for the slowest one.
+int64_t rows_per_task(const Job& job, int64_t threads) {
+  const int64_t per_row = std::max<int64_t>(1, job.N) * job.I;
+  int64_t rows = std::max<int64_t>(16, (int64_t(1) << 18) / per_row);  // >= ~1 MB of work
+  rows = std::min<int64_t>(rows, (job.O + 4 * threads - 1) / (4 * threads));  // >= 4 per thread
+  return std::max<int64_t>(16, (rows + 15) / 16 * 16);  // whole row tiles
+}
+
+template <class F> void dynamic_rows(const Job& job, int64_t threads, const F& f) {
+  const int64_t rows = rows_per_task(job, threads);
+  const int64_t tasks = (job.O + rows - 1) / rows;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, tasks), 1, [&](int64_t, int64_t) {
+    const int64_t tid = std::min<int64_t>(at::get_thread_num(), threads - 1);
+    for (int64_t k; (k = next.fetch_add(1)) < tasks;)
+      f(tid, k * rows, std::min(job.O, (k + 1) * rows));
+  });
+}
+
 void run_forward(const Job& job) {
   const Isa isa = pick_isa();
-  constexpr int64_t kRows = 8;  // a multiple of every register block's row count
-  const int64_t blocks = (job.O + kRows - 1) / kRows;
-  const int64_t work = std::max<int64_t>(1, job.N) * job.I * kRows;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
-  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
-    const int64_t o0 = b0 * kRows, o1 = std::min(job.O, b1 * kRows);
+  dynamic_rows(job, at::get_num_threads(), [&](int64_t, int64_t o0, int64_t o1) {
     switch (isa) {
       case Isa::AVX512: return avx512::forward_range(job, o0, o1);
       case Isa::AVX2: return avx2::forward_range(job, o0, o1);
@@ -91,28 +106,23 @@ void run_forward(const Job& job) {
   });
 }
 
-// Row-parallel backward: each chunk of rows accumulates into its own buffer, summed after.
+// Row-parallel backward: each thread accumulates into its own buffer, summed after.
 Tensor run_backward(const Job& job, int64_t KO, at::ScalarType acc) {
   const Isa isa = pick_isa();
-  const int64_t min_rows = std::max<int64_t>(8, (int64_t(1) << 15) / std::max<int64_t>(1, job.I));
-  const int64_t chunks = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), job.O / min_rows));
-  Tensor buf = at::zeros({chunks, KO, job.N, job.I}, at::TensorOptions().dtype(acc));
-  const int64_t per = (job.O + chunks - 1) / chunks;
+  const int64_t threads = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), job.O / rows_per_task(job, 1)));
+  Tensor buf = at::zeros({threads, KO, job.N, job.I}, at::TensorOptions().dtype(acc));
   const int64_t esz = at::elementSize(acc);
   char* base_ptr = static_cast<char*>(buf.data_ptr());
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t o0 = std::min(job.O, c * per), o1 = std::min(job.O, o0 + per);
-      void* dst = base_ptr + c * KO * job.N * job.I * esz;
-      switch (isa) {
-        case Isa::AVX512: avx512::backward_range(job, o0, o1, dst); break;
-        case Isa::AVX2: avx2::backward_range(job, o0, o1, dst); break;
-        case Isa::BASE: base::backward_range(job, o0, o1, dst); break;
-      }
+  dynamic_rows(job, threads, [&](int64_t tid, int64_t o0, int64_t o1) {
+    void* dst = base_ptr + tid * KO * job.N * job.I * esz;
+    switch (isa) {
+      case Isa::AVX512: return avx512::backward_range(job, o0, o1, dst);
+      case Isa::AVX2: return avx2::backward_range(job, o0, o1, dst);
+      case Isa::BASE: return base::backward_range(job, o0, o1, dst);
     }
   });
-  return chunks == 1 ? buf[0] : buf.sum(0);
+  return threads == 1 ? buf[0] : buf.sum(0);
 }
 
 // ---------------------------------------------------------------- rule plans
