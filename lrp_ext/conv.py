@@ -74,8 +74,8 @@ def _tuple(v, nd, name, rule):
 
 
 def _stab(z, e):
-    """``z + e·sgn(z)`` with sgn(0) = +1 (also for -0.0)."""
-    return torch.where(z >= 0, z + e, z - e)
+    """``z + e·sgn(z)`` with sgn(0) = +1 (also for -0.0, which ``+ 0.0`` turns into +0.0)."""
+    return z + torch.copysign(torch.tensor(e, dtype=z.dtype, device=z.device), z + 0.0)
 
 
 class ConvSpec:
@@ -86,7 +86,7 @@ class ConvSpec:
     """
 
     __slots__ = ("weight", "bias", "stride", "padding", "dilation", "transposed",
-                 "output_padding", "groups", "nd", "pre_pad")
+                 "output_padding", "groups", "nd", "pre_pad", "known_nonneg")
 
     def __init__(self, weight, bias, stride, padding, dilation, transposed, output_padding,
                  groups, nd, pre_pad=None):
@@ -94,6 +94,7 @@ class ConvSpec:
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.transposed, self.output_padding, self.groups = transposed, output_padding, groups
         self.nd, self.pre_pad = nd, pre_pad
+        self.known_nonneg = False  # set by callers that know the input is >= 0
 
     @property
     def out_channels(self):
@@ -351,12 +352,14 @@ def _run(rule, R, a, layer, bias, hyper, body, output=None, extra_inputs=()):
     return out.squeeze(0) if unbatched else out
 
 
-def apply_spec(rule, R, a, spec: ConvSpec, *, output=None, **params):
+def apply_spec(rule, R, a, spec: ConvSpec, *, output=None, nonneg=False, **params):
     """Run rule ``rule`` (a name from ``__all__``) for a prepared :class:`ConvSpec`.
 
     Used by model-level code that has already built the (possibly BatchNorm-merged) weights;
-    ``params`` are the rule's parameters, ``output`` as in the rule functions.
+    ``params`` are the rule's parameters, ``output`` as in the rule functions.  ``nonneg=True``
+    promises ``a >= 0`` (e.g. a ReLU output) and skips the check.
     """
+    spec.known_nonneg = bool(nonneg)
     if rule in ("epsilon", "zero", "gamma", "alpha_beta"):
         params["output"] = output
     return globals()[rule](R, a, spec, **params)
@@ -472,25 +475,42 @@ def _backward_pm(cp, cn, a, spec, sw, nonneg):
 
 def _gamma_body(gam, e):
     def body(R, a, spec, z):
-        nonneg = _nonneg(a)
+        nonneg = spec.known_nonneg or _nonneg(a)
         sw = _SignedWeights(spec)
         if nonneg and z is None:
             sw.pm()  # the forward uses the stack: build it first so W⁺ is a view of it
-        P, M = _pm(a, spec, sw, nonneg, z)
+        P, M = _pm(a, spec, sw, nonneg, z, need_m=z is None or gam < 0)
         zg = spec.grouped(z) if z is not None else P + M
         Rg = spec.grouped(R)
-        pos = zg > 0
-        den = torch.where(pos, P, M).mul_(gam).add_(zg)
-        s = Rg / _stab(den, e)
-        s = s.masked_fill_(zg == 0, 0)
-        # c⁺ = (1+γ)s_p + s_n and c⁻ = s_p + (1+γ)s_n, written straight into the stacked buffer
         G = torch.empty((Rg.shape[0], Rg.shape[1], 2) + tuple(Rg.shape[2:]), dtype=R.dtype,
                         device=R.device)
-        one_g = torch.tensor(1.0 + gam, dtype=R.dtype, device=R.device)
-        one = torch.tensor(1.0, dtype=R.dtype, device=R.device)
-        torch.mul(s, torch.where(pos, one_g, one), out=G[:, :, 0])
-        torch.mul(s, torch.where(pos, one, one_g), out=G[:, :, 1])
-        del P, M, den, s
+        if gam >= 0:
+            # P ≥ 0 and M ≤ 0, so z_p = z + γP > 0 where z > 0 and z_n = z + γM < 0 where z < 0:
+            # with t = sgn(z) ∈ {-1, 0, 1} and k = 1 + γ/2 − γt/2 (1 where z > 0, 1+γ where
+            # z < 0), the stabilised denominator is z·k + t·(γP + e), c⁻ = k·s, c⁺ = c⁻ + γ·t·s.
+            t = torch.sign(zg)
+            den = P.mul_(gam).add_(e).mul_(t)
+            k = t.mul(-0.5 * gam).add_(1.0 + 0.5 * gam)
+            den.addcmul_(zg, k)
+            s = torch.div(Rg, den, out=G[:, :, 1])
+            del den, P
+            s.masked_fill_(t == 0, 0)  # R[z>0] and R[z<0] both vanish where z == 0
+            torch.mul(s, t, out=G[:, :, 0])
+            del t
+            G[:, :, 1].mul_(k)
+            G[:, :, 0].mul_(gam).add_(G[:, :, 1])
+            del k, s
+        else:
+            pos = zg > 0
+            den = torch.where(pos, P, M).mul_(gam).add_(zg)
+            s = Rg / _stab(den, e)
+            s = s.masked_fill_(zg == 0, 0)
+            one_g = torch.tensor(1.0 + gam, dtype=R.dtype, device=R.device)
+            one = torch.tensor(1.0, dtype=R.dtype, device=R.device)
+            torch.mul(s, torch.where(pos, one_g, one), out=G[:, :, 0])
+            torch.mul(s, torch.where(pos, one, one_g), out=G[:, :, 1])
+            del den, s, P
+        del M
         return _backward_pm(G, "stacked", a, spec, sw, nonneg)
     body.needs_ones = False
     return body
@@ -498,21 +518,23 @@ def _gamma_body(gam, e):
 
 def _alpha_beta_body(alpha, beta, e):
     def body(R, a, spec, z):
-        nonneg = _nonneg(a)
+        nonneg = spec.known_nonneg or _nonneg(a)
         need_m = beta != 0
         sw = _SignedWeights(spec)
-        if need_m and nonneg:
+        if need_m and nonneg and z is None:
             sw.pm()
         P, M = _pm(a, spec, sw, nonneg, z, need_m=need_m)
         Rg = spec.grouped(R)
+        P.add_(e)  # P ≥ 0 (also -0.0 + e = e): stab(P) = P + e
         if not need_m:
-            cp = Rg / _stab(P, e)
+            cp = torch.div(Rg, P)
             if alpha != 1:
-                cp = cp.mul_(alpha)
+                cp.mul_(alpha)
+            del P
             return _backward_pm(cp, None, a, spec, sw, nonneg)
         G = torch.empty((Rg.shape[0], Rg.shape[1], 2) + tuple(Rg.shape[2:]), dtype=R.dtype,
                         device=R.device)
-        torch.div(Rg, _stab(P, e), out=G[:, :, 0])
+        torch.div(Rg, P, out=G[:, :, 0])
         G[:, :, 0].mul_(alpha)
         torch.div(Rg, _stab(M, e), out=G[:, :, 1])
         G[:, :, 1].mul_(-beta)
