@@ -2,8 +2,9 @@
 
 For each model and batch size, every method runs on the same random input (torchvision models
 with random weights; random BatchNorm statistics) and is timed as the median of ``--repeats``
-runs after one warm-up; the ratios to gradient×input are measured in the same run.  Peak memory
-is measured in a separate, untimed run of each method: on CPU as the peak increase of the
+runs; the ratios to gradient×input are measured in the same run.  Peak memory
+is measured in a separate, untimed run of each method (after a warm-up run); the timed runs
+go round all methods in turn, ``--repeats`` rounds: on CPU as the peak increase of the
 process's resident set size (sampled every millisecond from /proc/self/statm, with glibc's
 mmap threshold fixed so freed buffers go back to the OS); on CUDA with
 ``torch.cuda.max_memory_allocated``.
@@ -98,18 +99,6 @@ class PeakMemory:
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def _time(fn, device, repeats):
-    fn()  # warm-up
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,16 +216,34 @@ def main(argv=None):
             methods = _methods(name, model, x, 7, device, not args.no_zennit,
                                not args.no_captum)
             base_t = base_m = None
+            # warm-up and peak memory (untimed), then timed rounds over all methods in turn,
+            # so that a changing machine load affects every method alike
+            errors, peaks, times = {}, {}, {m: [] for m in methods}
             for mname, fn in methods.items():
                 try:
-                    t = _time(fn, device, args.repeats)
+                    fn()
+                    _sync(device)
                     with PeakMemory(device) as pm:
                         fn()
-                    peak = pm.peak / 2**20
-                    err = ""
+                    peaks[mname] = pm.peak / 2**20
                 except Exception as exc:  # e.g. Captum on ResNets
+                    errors[mname] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+            for _ in range(args.repeats):
+                for mname, fn in methods.items():
+                    if mname in errors:
+                        continue
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    fn()
+                    _sync(device)
+                    times[mname].append(time.perf_counter() - t0)
+            for mname in methods:
+                err = errors.get(mname, "")
+                if err:
                     t = peak = float("nan")
-                    err = f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+                else:
+                    t = statistics.median(times[mname])
+                    peak = peaks[mname]
                 if mname == "grad_x_input":
                     base_t, base_m = t, peak
                 rt = t / base_t if base_t else float("nan")

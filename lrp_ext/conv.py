@@ -477,8 +477,8 @@ def _gamma_body(gam, e):
     def body(R, a, spec, z):
         nonneg = spec.known_nonneg or _nonneg(a)
         sw = _SignedWeights(spec)
-        if nonneg and z is None:
-            sw.pm()  # the forward uses the stack: build it first so W⁺ is a view of it
+        if nonneg:
+            sw.pm()  # the backward uses the stack: build it first so W⁺ is a view of it
         P, M = _pm(a, spec, sw, nonneg, z, need_m=z is None or gam < 0)
         zg = spec.grouped(z) if z is not None else P + M
         Rg = spec.grouped(R)
@@ -521,7 +521,7 @@ def _alpha_beta_body(alpha, beta, e):
         nonneg = spec.known_nonneg or _nonneg(a)
         need_m = beta != 0
         sw = _SignedWeights(spec)
-        if need_m and nonneg and z is None:
+        if need_m and nonneg:
             sw.pm()
         P, M = _pm(a, spec, sw, nonneg, z, need_m=need_m)
         Rg = spec.grouped(R)
