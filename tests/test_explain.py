@@ -212,3 +212,43 @@ def test_custom_composite_missing_rule_and_bad_rule():
         Composite([(nn.Conv1d, "bogus")])
     with pytest.raises(ValueError, match="alpha"):
         Composite([(nn.Conv1d, ("alpha_beta", {"alpha": 1.0, "beta": 1.0}))])
+
+
+def test_batchnorm_merge_conv_transpose_and_linear():
+    """Merged BatchNorm after ConvTranspose2d (grouped) and Linear equals a hand-folded copy."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), nn.BatchNorm2d(6),
+                          nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 7 * 7, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                          nn.Linear(8, 3)).double()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(-1.5, 1.5)  # negative scales too
+            m.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    folded = nn.Sequential(*[copy_module(m) for m in model]).eval()
+    with torch.no_grad():
+        bn = model[1]
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        W = folded[0].weight  # (Cin, Cout/g, k, k); output channel = group * Cout/g + j
+        W.copy_((W.reshape(2, 2, 3, 3, 3) * s.reshape(2, 1, 3, 1, 1)).reshape(W.shape))
+        folded[0].bias.copy_((folded[0].bias - bn.running_mean) * s + bn.bias)
+        folded[1] = nn.Identity()
+        bn = model[7]
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        folded[6].weight.mul_(s[:, None])
+        folded[6].bias.copy_((folded[6].bias - bn.running_mean) * s + bn.bias)
+        folded[7] = nn.Identity()
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(folded(x), model(x))
+    for comp in ("epsilon_gamma_box", "epsilon_alpha2_beta1_flat", "epsilon_plus"):
+        got = explain(model, x, target=1, composite=comp, low=-4.0, high=4.0)
+        want = explain(folded, x, target=1, composite=comp, low=-4.0, high=4.0, canonize=False)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def copy_module(m):
+    import copy
+    return copy.deepcopy(m)
