@@ -16,8 +16,9 @@ Methods
   ``ResNetCanonizer`` / ``SequentialMergeBatchNorm``).
 - ``captum:<...>``: ``captum.attr.LRP`` with per-layer rules set to the nearest Captum has
   (GammaRule for convs / EpsilonRule for Linear — Captum has no z^B rule; Alpha1_Beta0_Rule for
-  convs — no flat rule).  Captum LRP does not support reused modules or residual sums, so it
-  is reported as n/a for ResNets.
+  convs — no flat rule), on a deep copy of the model (Captum writes rule attributes into it).
+  Captum has no rule for residual sums, so on ResNets its numbers are a timing reference only.
+  A method that raises is reported as n/a.
 
 Usage::
 
@@ -205,7 +206,7 @@ def main(argv=None):
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  device={device} ({dev_name}), "
           f"torch threads={torch.get_num_threads()}, torch {torch.__version__}", flush=True)
     hdr = (f"{'model':10s} {'batch':>5s} {'method':28s} {'median s':>9s} {'× g×i':>7s} "
-           f"{'peak MB':>9s} {'mem × g×i':>9s}")
+           f"{'min s':>8s} {'× g×i':>7s} {'peak MB':>9s} {'mem × g×i':>9s}")
     print(hdr)
     print("-" * len(hdr), flush=True)
     for name in args.models.split(","):
@@ -215,7 +216,7 @@ def main(argv=None):
             x = torch.randn(bs, 3, args.size, args.size, generator=gen).to(device)
             methods = _methods(name, model, x, 7, device, not args.no_zennit,
                                not args.no_captum)
-            base_t = base_m = None
+            base_t = base_m = base_min = None
             # warm-up and peak memory (untimed), then timed rounds over all methods in turn,
             # so that a changing machine load affects every method alike
             errors, peaks, times = {}, {}, {m: [] for m in methods}
@@ -240,23 +241,26 @@ def main(argv=None):
             for mname in methods:
                 err = errors.get(mname, "")
                 if err:
-                    t = peak = float("nan")
+                    t = tmin = peak = float("nan")
                 else:
                     t = statistics.median(times[mname])
+                    tmin = min(times[mname])
                     peak = peaks[mname]
                 if mname == "grad_x_input":
-                    base_t, base_m = t, peak
+                    base_t, base_m, base_min = t, peak, tmin
                 rt = t / base_t if base_t else float("nan")
+                rmin = tmin / base_min if base_min else float("nan")
                 rm = peak / base_m if base_m else float("nan")
                 row = dict(model=name, batch=bs, size=args.size, device=str(device),
-                           method=mname, median_s=t, ratio_time=rt, peak_mb=peak,
+                           method=mname, median_s=t, ratio_time=rt, min_s=tmin,
+                           ratio_min=rmin, peak_mb=peak,
                            ratio_mem=rm, error=err)
                 rows.append(row)
                 if err:
                     print(f"{name:10s} {bs:5d} {mname:28s} {'n/a':>9s}  ({err})", flush=True)
                 else:
-                    print(f"{name:10s} {bs:5d} {mname:28s} {t:9.3f} {rt:7.2f} {peak:9.1f} "
-                          f"{rm:9.2f}", flush=True)
+                    print(f"{name:10s} {bs:5d} {mname:28s} {t:9.3f} {rt:7.2f} {tmin:8.3f} "
+                          f"{rmin:7.2f} {peak:9.1f} {rm:9.2f}", flush=True)
         del model
     with open(args.csv, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -248,8 +248,10 @@ def _plan(graph, model, comp, canonize, have_bounds):
                                          "lowest and highest input values), e.g. low=-3.0, "
                                          "high=3.0")
                     plan[n] = p
-                elif rule.name in ("pass", "gradient"):
-                    plan[n] = _Node("pass" if rule.name == "pass" else "grad", rule, mod)
+                elif rule.name == "gradient":
+                    plan[n] = _Node("grad", rule, mod)
+                    stored.add(n.args[0])
+                    stored.add(n)
                 else:
                     raise ValueError(f"explain: rule {rule!r} cannot be used for layer {path}")
                 continue
@@ -343,6 +345,9 @@ def _forward(nodes, x_node, depends, plan, stored, model, x):
             break
         else:
             p = plan.get(n)
+            if p is not None and p.kind == "getitem" and \
+                    isinstance(env.get(n.args[0]), torch.Tensor):
+                p.kind = "grad"  # indexing a tensor (not a tuple of outputs): plain gradient
             args = torch.fx.node.map_arg(n.args, lambda m: env[m])
             kwargs = torch.fx.node.map_arg(n.kwargs, lambda m: env[m])
             if op == "call_module":
@@ -420,6 +425,8 @@ def _forward(nodes, x_node, depends, plan, stored, model, x):
                     res = fn(*args, **kwargs)
                 env[n] = res
                 if p is not None:
+                    if p.kind == "pass" and args and isinstance(args[0], torch.Tensor):
+                        saved[n] = tuple(args[0].shape)
                     if p.kind == "layer":
                         if p.a_relu_of is not None:
                             saved[n]["a_relu"] = env[p.a_relu_of]
@@ -512,7 +519,13 @@ def _backward(nodes, x_node, depends, plan, saved, out_node, R, low, high):
             continue
         kind = p.kind
         if kind == "pass":
-            give(n.args[0], Rn)
+            src = n.args[0]
+            in_shape = saved.pop(n, None)
+            if isinstance(Rn, torch.Tensor) and in_shape is not None and \
+                    in_shape != tuple(Rn.shape):
+                raise ValueError(f"explain: rule Pass at '{n.name}' needs equal input and "
+                                 f"output shapes, got {in_shape} -> {tuple(Rn.shape)}")
+            give(src, Rn)
         elif kind == "layer":
             give(n.args[0], _layer_rule(n, p, Rn, saved, low, high))
         elif kind == "sum":

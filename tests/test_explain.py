@@ -252,3 +252,35 @@ def test_batchnorm_merge_conv_transpose_and_linear():
 def copy_module(m):
     import copy
     return copy.deepcopy(m)
+
+
+def test_indexing_chunk_and_pass_shape_check():
+    """Tensor indexing and tuple outputs (chunk) take the plain gradient; Pass needs equal
+    shapes."""
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x):
+            a, b = torch.chunk(x, 2, dim=1)
+            y = torch.cat([b, a[:, :2], a[:, 2:]], dim=1)
+            return self.fc(y)
+
+    torch.manual_seed(7)
+    model = Split().double().eval()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    got = explain(model, x, target=2, composite="epsilon_plus")
+    with torch.no_grad():
+        o = model(x)
+    R = torch.zeros_like(o)
+    R[:, 2] = o[:, 2]
+    perm = torch.cat([x[:, 3:], x[:, :3]], dim=1)
+    want_perm = dref.epsilon(R, perm, model.fc.weight, model.fc.bias)
+    want = torch.cat([want_perm[:, 3:], want_perm[:, :3]], dim=1)
+    torch.testing.assert_close(got, want)
+    bad = nn.Sequential(nn.Linear(6, 4), nn.Flatten(), nn.Unflatten(1, (2, 2)), nn.Flatten(),
+                        nn.Linear(4, 2)).eval()
+    comp = Composite([(nn.Linear, "epsilon"), (nn.Unflatten, "pass")])
+    with pytest.raises(ValueError, match="rule Pass at .* needs equal input and output shapes"):
+        explain(bad, torch.randn(2, 6), target=0, composite=comp)
