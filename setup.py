@@ -51,8 +51,8 @@ if force_cuda and not with_cuda:
 
 sources = ["csrc/lrp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 include_dirs = [os.path.join(ROOT, "csrc")]
-cxx_flags = ["-O3", "-std=c++17", "-Wno-psabi", "-fopenmp"]
-define_macros = [("Py_LIMITED_API", "0x03090000")]
+cxx_flags = ["-O3", "-Wno-psabi", "-ffp-contract=fast", "-fopenmp"]
+define_macros = []
 
 if with_cuda:
     os.environ["CUDA_HOME"] = cuda_home
@@ -71,7 +71,7 @@ if with_cuda:
     ext = CUDAExtension(
         "lrp_ext._C", sources, include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags,
-                            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr",
+                            "nvcc": ["-O3", "--expt-relaxed-constexpr",
                                      "-lineinfo"] + (["-Xptxas", "-v"]
                                                      if _flag("LRP_PTXAS_VERBOSE") else [])},
         extra_link_args=["-fopenmp"], py_limited_api=True)
@@ -95,5 +95,11 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],
+    extras_require={
+        "cli": ["pillow", "matplotlib", "tqdm", "scikit-learn"],
+        "test": ["pytest", "zennit==0.5.1", "captum==0.9.0", "pillow", "matplotlib", "tqdm",
+                 "scikit-learn", "expecttest"],
+    },
+    entry_points={"console_scripts": ["lrp-ext = lrp_ext.cli:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -14,7 +14,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _shape(t) -> str:
-    return "(" + ", ".join(str(int(s)) for s in t.shape) + ")"
+    """Python's tuple notation: (), (5,), (3, 6)."""
+    return str(tuple(int(s) for s in t.shape))
 
 
 def unpack_layer(W, b, rule):

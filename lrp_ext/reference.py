@@ -77,10 +77,13 @@ def _alpha_beta(R, a, W, b, alpha, beta, e):
     Wp, Wn = _pos(W), _neg(W)
     ap, an = _pos(a), _neg(a)
     za = _fwd(ap, Wp, None if b is None else _pos(b)) + _fwd(an, Wn)
-    zb = _fwd(ap, Wn, None if b is None else _neg(b)) + _fwd(an, Wp)
     sa = R / stabilize(za, e)
+    out = alpha * (ap * (sa @ Wp) + an * (sa @ Wn))
+    if beta == 0:  # z_plus: no beta term at all (with stabilizer 0, z_beta = 0 would give 0 * inf)
+        return out
+    zb = _fwd(ap, Wn, None if b is None else _neg(b)) + _fwd(an, Wp)
     sb = R / stabilize(zb, e)
-    return alpha * (ap * (sa @ Wp) + an * (sa @ Wn)) - beta * (ap * (sb @ Wn) + an * (sb @ Wp))
+    return out - beta * (ap * (sb @ Wn) + an * (sb @ Wp))
 
 
 def alpha_beta(R, a, W, b=None, alpha: float = 2.0, beta: float = 1.0,
@@ -129,3 +132,7 @@ def z_box(R, a, W, b=None, low=None, high=None, stabilizer: float = 1e-6):
     z = a @ W.t() - low @ Wp.t() - high @ Wn.t()
     s = R / stabilize(z, stabilizer)
     return a * (s @ W) - low * (s @ Wp) - high * (s @ Wn)
+
+
+# Conv-layer versions of the rules: lrp_ext.reference.conv.gamma(...) etc.
+from . import conv_reference as conv  # noqa: E402

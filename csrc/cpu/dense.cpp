@@ -1,0 +1,585 @@
+// CPU kernels of the dense rules: argument checks, path choice and the fused epilogues.
+//
+// Every rule is two products over W plus cheap elementwise stages. With p = a_i W_oi,
+// P = sum p⁺ + b⁺ and M = sum p⁻ + b⁻ (so z = P + M), the spec's rules reduce to:
+//   gamma      c⁺ = (1+γ)s_p + s_n, c⁻ = s_p + (1+γ)s_n with s_p = R[z>0]/stab(z+γP),
+//              s_n = R[z<0]/stab(z+γM)
+//   alpha_beta c⁺ = αR/stab(P), c⁻ = −βR/stab(M)
+//   and R_in = a⁺ ⊙ (c⁺W⁺ + c⁻W⁻) + a⁻ ⊙ (c⁻W⁺ + c⁺W⁻) (the a⁻ half vanishes when a ≥ 0).
+// epsilon, z⁺ (β = 0), w² and z^B need one coefficient per output; see plan_for().
+//
+// Two paths: "fused" streams W once per product and applies ρ (W⁺, W⁻, W²) while reading it
+// (kernels.h, one copy per ISA), for the memory-bound small batch; "gemm" builds the modified
+// weights once (stacked so that one matmul yields every partial product) and calls ATen's
+// matmul (MKL / oneDNN), for the compute-bound large batch. The elementwise stages are the same
+// loops for both. Testing knobs, read at each call: LRP_EXT_CPU_PATH=auto|fused|gemm,
+// LRP_EXT_CPU_ISA=auto|avx512|avx2|scalar, LRP_EXT_ASSUME_MIXED=1 (never skip the a⁻ terms).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <functional>
+#include <cstdlib>
+#include <cstring>
+#include <sys/mman.h>
+
+#include "cpu/kernels_api.h"
+#include "lrp.h"
+
+namespace lrp_ext {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------- configuration knobs
+const char* env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+enum class Isa { AVX512, AVX2, BASE };
+
+Isa pick_isa() {
+  static const bool has512 = __builtin_cpu_supports("avx512f") &&
+                             __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") &&
+                             __builtin_cpu_supports("avx512dq");
+  static const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const char* want = env("LRP_EXT_CPU_ISA");
+  if (!std::strcmp(want, "scalar")) return Isa::BASE;
+  if (!std::strcmp(want, "avx2")) {
+    TORCH_CHECK(has2, "LRP_EXT_CPU_ISA=avx2 but this CPU lacks AVX2/FMA");
+    return Isa::AVX2;
+  }
+  if (!std::strcmp(want, "avx512")) {
+    TORCH_CHECK(has512, "LRP_EXT_CPU_ISA=avx512 but this CPU lacks AVX-512");
+    return Isa::AVX512;
+  }
+  return has512 ? Isa::AVX512 : has2 ? Isa::AVX2 : Isa::BASE;
+}
+
+// Largest batch for which streaming W in the fused kernels beats building modified weights
+// and calling MKL (measured with benchmarks/bench_layers.py; see README).
+constexpr int64_t kFusedMaxN = 32;
+
+bool use_fused(int64_t N) {
+  const char* p = env("LRP_EXT_CPU_PATH");
+  if (!std::strcmp(p, "fused")) return true;
+  if (!std::strcmp(p, "gemm")) return false;
+  return N <= kFusedMaxN;
+}
+
+bool assume_mixed() { return !std::strcmp(env("LRP_EXT_ASSUME_MIXED"), "1"); }
+
+void run_forward(const Job& job) {
+  const Isa isa = pick_isa();
+  constexpr int64_t kRows = 8;  // a multiple of every register block's row count
+  const int64_t blocks = (job.O + kRows - 1) / kRows;
+  const int64_t work = std::max<int64_t>(1, job.N) * job.I * kRows;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    const int64_t o0 = b0 * kRows, o1 = std::min(job.O, b1 * kRows);
+    switch (isa) {
+      case Isa::AVX512: return avx512::forward_range(job, o0, o1);
+      case Isa::AVX2: return avx2::forward_range(job, o0, o1);
+      case Isa::BASE: return base::forward_range(job, o0, o1);
+    }
+  });
+}
+
+// Row-parallel backward: each chunk of rows accumulates into its own buffer, summed after.
+Tensor run_backward(const Job& job, int64_t KO, at::ScalarType acc) {
+  const Isa isa = pick_isa();
+  const int64_t min_rows = std::max<int64_t>(8, (int64_t(1) << 15) / std::max<int64_t>(1, job.I));
+  const int64_t chunks = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), job.O / min_rows));
+  Tensor buf = at::zeros({chunks, KO, job.N, job.I}, at::TensorOptions().dtype(acc));
+  const int64_t per = (job.O + chunks - 1) / chunks;
+  const int64_t esz = at::elementSize(acc);
+  char* base_ptr = static_cast<char*>(buf.data_ptr());
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t o0 = std::min(job.O, c * per), o1 = std::min(job.O, o0 + per);
+      void* dst = base_ptr + c * KO * job.N * job.I * esz;
+      switch (isa) {
+        case Isa::AVX512: avx512::backward_range(job, o0, o1, dst); break;
+        case Isa::AVX2: avx2::backward_range(job, o0, o1, dst); break;
+        case Isa::BASE: base::backward_range(job, o0, o1, dst); break;
+      }
+    }
+  });
+  return chunks == 1 ? buf[0] : buf.sum(0);
+}
+
+// ---------------------------------------------------------------- rule plans
+enum class Epi { EPS, ZPLUS, BOX, GAMMA, AB, WSQ };
+enum class Fin { A, TWO, PLAIN };
+
+struct Params {
+  double e = 1e-6, gamma = 0, alpha = 1, beta = 0;
+};
+
+struct Plan {
+  Combo fwd, bwd;
+  Epi epi;
+  Fin fin;
+  int ki() const { return fwd == MERGE || fwd == CROSS ? 2 : 1; }
+  int kz() const { return fwd == SPLIT || fwd == CROSS ? 2 : 1; }
+  int kc() const { return bwd == MERGE || bwd == CROSS ? 2 : 1; }
+  int kt() const { return bwd == SPLIT || bwd == CROSS ? 2 : 1; }
+};
+
+template <class T> inline T stab(T z, double e) { return z + T(e) * (z >= 0 ? T(1) : T(-1)); }
+template <class T> inline T pos(T x) { return x < 0 ? T(0) : x; }
+template <class T> inline T neg(T x) { return x > 0 ? T(0) : x; }
+
+// parallel over rows n of an (N, L) elementwise stage
+void par_rows(int64_t N, int64_t L, const std::function<void(int64_t, int64_t)>& f) {
+  at::parallel_for(0, N, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, L)), f);
+}
+
+// Forward epilogue: z (kz, N, O) -> coefficients c (kc, N, O). With zfull (gemm path of the
+// two-coefficient rules), z holds [a W⁺ᵀ, a Wᵀ] instead of [P, M] and c receives
+// [c⁺ − c⁻, c⁻], so that the backward is (c⁺ − c⁻) W⁺ + c⁻ W and W⁻ is never built.
+template <class T>
+void epilogue(Epi epi, const Params& pr, bool zfull, const T* z, T* c, const T* R, const T* b,
+              const T* zrow, int64_t N, int64_t O) {
+  const int64_t NO = N * O;
+  const T e = T(pr.e), g = T(pr.gamma), al = T(pr.alpha), be = T(pr.beta);
+  par_rows(N, O, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* r = R + n * O;
+      const T* z0 = z ? z + n * O : nullptr;
+      const T* z1 = z ? z + NO + n * O : nullptr;
+      T* c0 = c + n * O;
+      T* c1 = c + NO + n * O;
+      switch (epi) {
+        case Epi::EPS:
+          for (int64_t o = 0; o < O; ++o) c0[o] = r[o] / stab<T>(z0[o] + (b ? b[o] : T(0)), e);
+          break;
+        case Epi::ZPLUS:
+          for (int64_t o = 0; o < O; ++o)
+            c0[o] = al * r[o] / stab<T>(z0[o] + (b ? pos(b[o]) : T(0)), e);
+          break;
+        case Epi::BOX:
+          for (int64_t o = 0; o < O; ++o) c0[o] = r[o] / stab<T>(z0[o], e);
+          break;
+        case Epi::WSQ:
+          for (int64_t o = 0; o < O; ++o)
+            c0[o] = r[o] / stab<T>(zrow[o] + (b ? b[o] * b[o] : T(0)), e);
+          break;
+        case Epi::GAMMA:
+        case Epi::AB:
+          for (int64_t o = 0; o < O; ++o) {
+            const T P = z0[o] + (b ? pos(b[o]) : T(0));
+            const T M = (zfull ? z1[o] - z0[o] : z1[o]) + (b ? neg(b[o]) : T(0));
+            T cp, cn;
+            if (epi == Epi::GAMMA) {
+              const T zz = P + M;
+              const T sp = r[o] * T(zz > 0 ? 1 : 0) / stab<T>(zz + g * P, e);
+              const T sn = r[o] * T(zz < 0 ? 1 : 0) / stab<T>(zz + g * M, e);
+              cp = sp + sn + g * sp;
+              cn = sp + sn + g * sn;
+            } else {
+              cp = al * r[o] / stab<T>(P, e);
+              cn = -be * r[o] / stab<T>(M, e);
+            }
+            c0[o] = zfull ? cp - cn : cp;
+            c1[o] = cn;
+          }
+          break;
+      }
+    }
+  });
+}
+
+// Backward epilogue: t (kt, N, I) and the forward inputs x (ki, N, I) -> R_in (N, I):
+// a ⊙ t0 (Fin::A), x0 ⊙ t0 + x1 ⊙ t1 (Fin::TWO), or t0 (Fin::PLAIN).
+template <class T, class Out>
+void finish(Fin fin, const T* t, const T* x, Out* out, int64_t N, int64_t I) {
+  const int64_t NI = N * I;
+  par_rows(N, I, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* t0 = t + n * I;
+      const T* t1 = t + NI + n * I;
+      const T* x0 = x + n * I;
+      const T* x1 = x + NI + n * I;
+      Out* dst = out + n * I;
+      switch (fin) {
+        case Fin::A:
+          for (int64_t i = 0; i < I; ++i) dst[i] = static_cast<Out>(x0[i] * t0[i]);
+          break;
+        case Fin::TWO:
+          for (int64_t i = 0; i < I; ++i) dst[i] = static_cast<Out>(x0[i] * t0[i] + x1[i] * t1[i]);
+          break;
+        case Fin::PLAIN:
+          for (int64_t i = 0; i < I; ++i) dst[i] = static_cast<Out>(t0[i]);
+          break;
+      }
+    }
+  });
+}
+
+WType wtype_of(at::ScalarType s) {
+  switch (s) {
+    case at::kFloat: return W_F32;
+    case at::kDouble: return W_F64;
+    case at::kBFloat16: return W_BF16;
+    default: TORCH_CHECK(false, "lrp_ext CPU kernels support float32, float64 and bfloat16, got ",
+                         s);
+  }
+}
+
+// One pass over W building ρ(W) in the accumulation type T for the gemm path: W⁺ (POS), W⁻
+// (NEG) or W² (SQ, also writing the row sums of W² to rowsum).
+enum class Build { POS, NEG, SQ };
+template <class T, class WT>
+void build_into(const WT* W, int64_t O, int64_t I, Build kind, T* v, T* rowsum) {
+  at::parallel_for(0, O, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, I)),
+                   [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const WT* w = W + o * I;
+      T* r = v + o * I;
+      switch (kind) {
+        case Build::POS: for (int64_t i = 0; i < I; ++i) r[i] = pos(T(w[i])); break;
+        case Build::NEG: for (int64_t i = 0; i < I; ++i) r[i] = neg(T(w[i])); break;
+        case Build::SQ: {
+          for (int64_t i = 0; i < I; ++i) { const T x = T(w[i]); r[i] = x * x; }
+          T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+          int64_t i = 0;
+          for (; i + 4 <= I; i += 4) { s0 += r[i]; s1 += r[i + 1]; s2 += r[i + 2]; s3 += r[i + 3]; }
+          for (; i < I; ++i) s0 += r[i];
+          rowsum[o] = (s0 + s1) + (s2 + s3);
+          break;
+        }
+      }
+    }
+  });
+}
+
+// Scratch tensors of many MB: fresh pages fault in one 4 KiB page at a time, which on some
+// machines costs more than the matmul that fills them. Ask for transparent huge pages.
+Tensor scratch(at::IntArrayRef sizes, at::ScalarType dtype) {
+  int64_t numel = 1;
+  for (auto s : sizes) numel *= s;
+  const size_t bytes = size_t(numel) * at::elementSize(dtype);
+  constexpr size_t kHuge = size_t(2) << 20;
+  if (bytes < 2 * kHuge) return at::empty(sizes, at::TensorOptions().dtype(dtype));
+  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* p = nullptr;
+  if (posix_memalign(&p, kHuge, rounded) != 0 || p == nullptr)
+    return at::empty(sizes, at::TensorOptions().dtype(dtype));
+#ifdef MADV_HUGEPAGE
+  madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+  return at::from_blob(p, sizes, [](void* q) { std::free(q); }, at::TensorOptions().dtype(dtype));
+}
+
+template <class T>
+Tensor build(const Tensor& Wc, Build kind, at::ScalarType acc, Tensor* rowsum = nullptr) {
+  const int64_t O = Wc.size(0), I = Wc.size(1);
+  Tensor V = scratch({O, I}, acc);
+  T* rs = nullptr;
+  if (rowsum) {
+    *rowsum = at::empty({1, O}, V.options());
+    rs = rowsum->data_ptr<T>();
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, Wc.scalar_type(), "lrp_ext_build", [&] {
+    build_into<T, scalar_t>(Wc.data_ptr<scalar_t>(), O, I, kind, V.data_ptr<T>(), rs);
+  });
+  return V;
+}
+
+// C (rows of a (K, N, L) stack) = A @ B (+ C when accumulate)
+void mm_into(const Tensor& C, const Tensor& A, const Tensor& B, bool accumulate = false) {
+  if (accumulate)
+    C.addmm_(A, B);
+  else
+    at::mm_out(const_cast<Tensor&>(C), A, B);
+}
+
+// The whole rule: two products and three elementwise stages on the prepared inputs.
+// x: the forward inputs (ki, N, I) in T (a; a⁺/a⁻; or u/v).
+template <class T>
+Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor& x,
+                const Tensor& RT, const Tensor& bT, const Tensor& a_like) {
+  const int64_t N = x.size(1), I = Wc.size(1), O = Wc.size(0);
+  const at::ScalarType acc = x.scalar_type();
+  const auto opt = at::TensorOptions().dtype(acc);
+  const int kz = pl.kz(), kc = pl.kc(), kt = pl.kt();
+  Job job{};
+  job.wtype = wtype_of(Wc.scalar_type());
+  job.W = Wc.data_ptr();
+  job.O = O;
+  job.I = I;
+  job.N = N;
+
+  Tensor z, c = scratch({kc, N, O}, acc), t, zrow, xf = x;
+  bool zfull = false;
+  if (use_fused(N)) {
+    if (pl.epi == Epi::WSQ) {  // w² needs only the row sums of W² (the same for every sample)
+      zrow = at::empty({1, O}, opt);
+      Tensor ones = at::ones({1, I}, opt);
+      Job j1 = job;
+      j1.combo = SQ;
+      j1.N = 1;
+      j1.x = ones.data_ptr();
+      j1.out = zrow.data_ptr();
+      run_forward(j1);
+    } else {
+      z = at::empty({kz, N, O}, opt);
+      job.combo = pl.fwd;
+      job.x = x.data_ptr();
+      job.out = z.data_ptr();
+      run_forward(job);
+    }
+    epilogue<T>(pl.epi, pr, false, z.defined() ? z.data_ptr<T>() : nullptr, c.data_ptr<T>(),
+                RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
+                zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
+    job.combo = pl.bwd;
+    job.x = c.data_ptr();
+    t = run_backward(job, kt, acc);
+  } else {
+    // gemm path: ρ(W) built once, ATen matmuls write straight into the stacked buffers
+    Tensor Wa = Wc;  // no copy for float32 / float64
+    if (Wc.scalar_type() != acc) Wa = scratch(Wc.sizes(), acc).copy_(Wc);
+    Tensor Wp, Wn, W2;
+    if (pl.fwd == ID) {
+      Wp = Wa;
+    } else if (pl.fwd == SQ) {
+      W2 = build<T>(Wc, Build::SQ, acc, &zrow);
+    } else {
+      Wp = build<T>(Wc, Build::POS, acc);
+      if (pl.fwd == CROSS) Wn = build<T>(Wc, Build::NEG, acc);
+    }
+    if (pl.fwd == MERGE) {  // z = x0 W⁺ᵀ + x1 W⁻ᵀ = (x0 − x1) W⁺ᵀ + x1 Wᵀ
+      xf = at::stack({x[0] - x[1], x[1]});
+    }
+    z = scratch({kz, N, O}, acc);
+    switch (pl.fwd) {
+      case ID: case POS: mm_into(z[0], x[0], Wp.t()); break;
+      case SQ: break;
+      case SPLIT:  // [a W⁺ᵀ, a Wᵀ]
+        zfull = true;
+        mm_into(z[0], x[0], Wp.t());
+        mm_into(z[1], x[0], Wa.t());
+        break;
+      case MERGE:
+        mm_into(z[0], xf[0], Wp.t());
+        mm_into(z[0], xf[1], Wa.t(), true);
+        break;
+      case CROSS:
+        mm_into(z[0], x[0], Wp.t());
+        mm_into(z[0], x[1], Wn.t(), true);
+        mm_into(z[1], x[0], Wn.t());
+        mm_into(z[1], x[1], Wp.t(), true);
+        break;
+    }
+    epilogue<T>(pl.epi, pr, zfull, pl.fwd == SQ ? nullptr : z.data_ptr<T>(), c.data_ptr<T>(),
+                RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
+                zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
+    t = scratch({kt, N, I}, acc);
+    switch (pl.bwd) {
+      case ID: case POS: mm_into(t[0], c[0], Wp); break;
+      case SQ: mm_into(t[0], c[0], W2); break;
+      case MERGE:  // (c⁺ − c⁻) W⁺ + c⁻ W
+        mm_into(t[0], c[0], Wp);
+        mm_into(t[0], c[1], Wa, true);
+        break;
+      case SPLIT:  // [c W⁺, c W] pairs with (x0 − x1, x1)
+        mm_into(t[0], c[0], Wp);
+        mm_into(t[1], c[0], Wa);
+        break;
+      case CROSS:
+        mm_into(t[0], c[0], Wp);
+        mm_into(t[0], c[1], Wn, true);
+        mm_into(t[1], c[1], Wp);
+        mm_into(t[1], c[0], Wn, true);
+        break;
+    }
+  }
+
+  Tensor out = at::empty({N, I}, a_like.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "lrp_ext_finish", [&] {
+    finish<T, scalar_t>(pl.fin, t.data_ptr<T>(), xf.data_ptr<T>(), out.data_ptr<scalar_t>(), N,
+                        I);
+  });
+  return out;
+}
+
+struct Prepared {
+  Tensor R2, a2, W, b, out_shape_like;
+  int64_t N, O, I;
+  at::ScalarType acc;
+};
+
+// number of samples: the product of the leading (batch) dims
+int64_t batch_of(const Tensor& a) {
+  int64_t n = 1;
+  for (int64_t d = 0; d + 1 < a.dim(); ++d) n *= a.size(d);
+  return n;
+}
+
+Prepared prepare(const Tensor& R, const Tensor& a, const Tensor& W,
+                 const c10::optional<Tensor>& b) {
+  Prepared p;
+  p.O = W.size(0);
+  p.I = W.size(1);
+  wtype_of(a.scalar_type());
+  p.acc = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  p.N = batch_of(a);
+  p.a2 = a.reshape({p.N, p.I}).to(p.acc).contiguous();
+  p.R2 = R.reshape({p.N, p.O}).to(p.acc).contiguous();
+  p.W = W.contiguous();
+  if (b.has_value()) p.b = b->to(p.acc).contiguous();
+  return p;
+}
+
+bool all_nonneg(const Tensor& aT) {
+  if (assume_mixed()) return false;
+  return AT_DISPATCH_FLOATING_TYPES(aT.scalar_type(), "lrp_ext_nonneg", [&] {
+    const scalar_t* p = aT.data_ptr<scalar_t>();
+    const int64_t n = aT.numel();
+    std::atomic<bool> neg_seen{false};
+    at::parallel_for(0, n, 1 << 16, [&](int64_t i0, int64_t i1) {
+      bool any = false;
+      for (int64_t i = i0; i < i1; ++i) any |= p[i] < 0;
+      if (any) neg_seen = true;
+    });
+    return !neg_seen.load();
+  });
+}
+
+std::pair<Tensor, Tensor> split_signs(const Tensor& aT) {
+  return {aT.clamp_min(0), aT.clamp_max(0)};
+}
+
+Tensor dispatch_plan(const Plan& pl, const Params& pr, const Prepared& p, const Tensor& x0,
+                     const Tensor& x1, const Tensor& a) {
+  Tensor out;
+  if (p.N == 0 || p.I == 0) {
+    out = at::empty({p.N, p.I}, a.options());
+  } else {
+    const Tensor x = x1.defined() ? at::stack({x0, x1}) : x0.unsqueeze(0);
+    AT_DISPATCH_FLOATING_TYPES(p.acc, "lrp_ext_cpu", [&] {
+      out = run_plan<scalar_t>(pl, pr, p.W, x, p.R2, p.b, a);
+    });
+  }
+  return out.view(a.sizes());
+}
+
+// ---------------------------------------------------------------- the ops
+Tensor epsilon_cpu(const Tensor& R, const Tensor& a, const Tensor& W,
+                   const c10::optional<Tensor>& b, double epsilon) {
+  check_dense("epsilon", R, a, W, b);
+  Prepared p = prepare(R, a, W, b);
+  Params pr;
+  pr.e = epsilon;
+  return dispatch_plan({ID, ID, Epi::EPS, Fin::A}, pr, p, p.a2, Tensor(), a);
+}
+
+// gamma and alpha_beta share the two-coefficient plans; z⁺ (β = 0) needs only P.
+Tensor signed_rule(const char* name, Epi epi, const Tensor& R, const Tensor& a, const Tensor& W,
+                   const c10::optional<Tensor>& b, const Params& pr) {
+  check_dense(name, R, a, W, b);
+  Prepared p = prepare(R, a, W, b);
+  const bool nonneg = all_nonneg(p.a2);
+  const bool zplus = epi == Epi::AB && pr.beta == 0;
+  if (nonneg) {
+    Plan pl = zplus ? Plan{POS, POS, Epi::ZPLUS, Fin::A} : Plan{SPLIT, MERGE, epi, Fin::A};
+    return dispatch_plan(pl, pr, p, p.a2, Tensor(), a);
+  }
+  auto [ap, an] = split_signs(p.a2);
+  Plan pl = zplus ? Plan{MERGE, SPLIT, Epi::ZPLUS, Fin::TWO} : Plan{CROSS, CROSS, epi, Fin::TWO};
+  return dispatch_plan(pl, pr, p, ap, an, a);
+}
+
+Tensor gamma_cpu(const Tensor& R, const Tensor& a, const Tensor& W,
+                 const c10::optional<Tensor>& b, double gamma, double stabilizer) {
+  Params pr;
+  pr.gamma = gamma;
+  pr.e = stabilizer;
+  return signed_rule("gamma", Epi::GAMMA, R, a, W, b, pr);
+}
+
+Tensor alpha_beta_cpu(const Tensor& R, const Tensor& a, const Tensor& W,
+                      const c10::optional<Tensor>& b, double alpha, double beta,
+                      double stabilizer) {
+  TORCH_CHECK(alpha >= 0 && beta >= 0 && std::abs(alpha - beta - 1.0) <= 1e-9,
+              "alpha_beta needs alpha >= 0, beta >= 0 and alpha - beta = 1, got alpha=", alpha,
+              ", beta=", beta);
+  Params pr;
+  pr.alpha = alpha;
+  pr.beta = beta;
+  pr.e = stabilizer;
+  return signed_rule("alpha_beta", Epi::AB, R, a, W, b, pr);
+}
+
+Tensor w_square_cpu(const Tensor& R, const Tensor& a, const Tensor& W,
+                    const c10::optional<Tensor>& b, double stabilizer) {
+  check_dense("w_square", R, a, W, b);
+  Prepared p = prepare(R, a, W, b);
+  Params pr;
+  pr.e = stabilizer;
+  return dispatch_plan({SQ, SQ, Epi::WSQ, Fin::PLAIN}, pr, p, p.a2, Tensor(), a);
+}
+
+Tensor z_box_cpu(const Tensor& R, const Tensor& a, const Tensor& W, const Tensor& low,
+                 const Tensor& high, double stabilizer) {
+  check_dense("z_box", R, a, W, c10::nullopt);
+  check_bounds(a, low, high);
+  Prepared p = prepare(R, a, W, c10::nullopt);
+  Tensor u = (p.a2 - low.expand(a.sizes()).reshape({p.N, p.I}).to(p.acc)).contiguous();
+  Tensor v = (p.a2 - high.expand(a.sizes()).reshape({p.N, p.I}).to(p.acc)).contiguous();
+  Params pr;
+  pr.e = stabilizer;
+  return dispatch_plan({MERGE, SPLIT, Epi::BOX, Fin::TWO}, pr, p, u, v, a);
+}
+
+// flat: z_j = I for every output, so R_in_i = sum_j R_j / stab(I, e) for every input i.
+Tensor flat_cpu(const Tensor& R, const Tensor& a, const Tensor& W, double stabilizer) {
+  check_dense("flat", R, a, W, c10::nullopt);
+  const int64_t O = W.size(0), I = W.size(1);
+  const at::ScalarType acc = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t N = batch_of(a);
+  Tensor R2 = R.reshape({N, O}).to(acc).contiguous();
+  Tensor out = at::empty({N, I}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "lrp_ext_flat", [&] {
+    using T = scalar_t;
+    const T z = stab<T>(T(I), stabilizer);
+    Tensor rs = at::empty({N}, R2.options());
+    const T* r = R2.data_ptr<T>();
+    T* s = rs.data_ptr<T>();
+    par_rows(N, O, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        T acc_v = 0;
+        for (int64_t o = 0; o < O; ++o) acc_v += r[n * O + o] / z;
+        s[n] = acc_v;
+      }
+    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "lrp_ext_flat_out", [&] {
+      scalar_t* dst = out.data_ptr<scalar_t>();
+      par_rows(N, I, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t i = 0; i < I; ++i) dst[n * I + i] = static_cast<scalar_t>(s[n]);
+      });
+    });
+  });
+  return out.view(a.sizes());
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace lrp_ext
+
+TORCH_LIBRARY_IMPL(lrp_ext, CPU, m) {
+  m.impl("epsilon", &lrp_ext::cpu::epsilon_cpu);
+  m.impl("gamma", &lrp_ext::cpu::gamma_cpu);
+  m.impl("alpha_beta", &lrp_ext::cpu::alpha_beta_cpu);
+  m.impl("flat", &lrp_ext::cpu::flat_cpu);
+  m.impl("w_square", &lrp_ext::cpu::w_square_cpu);
+  m.impl("z_box", &lrp_ext::cpu::z_box_cpu);
+}

@@ -1,0 +1,348 @@
+// SIMD engines of the CPU kernels, free of torch headers so that each ISA translation unit
+// (isa_avx512.cpp, isa_avx2.cpp, isa_base.cpp) can compile them with its own target options.
+// Everything but the two entry points has internal linkage, so no inline function compiled
+// for one ISA can be picked by the linker for another.
+//
+// Both products stream W (O, I) row by row. A "combo" says which transforms of each weight w
+// enter and how the (one or two) input channels combine into the (one or two) outputs:
+//   ID    : o0 += x0 * w                    POS : o0 += x0 * w⁺           SQ : o0 += x0 * w²
+//   SPLIT : o0 += x0 * w⁺;  o1 += x0 * w⁻
+//   MERGE : o0 += x0 * w⁺ + x1 * w⁻
+//   CROSS : o0 += x0 * w⁺ + x1 * w⁻;  o1 += x0 * w⁻ + x1 * w⁺
+// forward_range contracts over I (x: (KI, N, I) -> out: (KO, N, O)), backward_range over O
+// (x: (KI, N, O) coefficients -> buf: (KO, N, I), accumulated over the rows [o0, o1)).
+// w⁺ = (w < 0 ? 0 : w) and w⁻ = (w > 0 ? 0 : w) keep NaN, as torch.clamp does.
+#ifndef LRP_ISA
+#error "define LRP_ISA before including kernels.h"
+#endif
+#include "kernels_api.h"
+
+namespace lrp_ext {
+namespace cpu {
+namespace LRP_ISA {
+namespace {
+
+// One vector is one register of the ISA (LRP_VBYTES: 64 for AVX-512, 32 for AVX2, 16 for SSE2)
+// and the register blocking below is sized to the register file (32 zmm, 16 ymm/xmm).
+#ifndef LRP_VBYTES
+#define LRP_VBYTES 16
+#endif
+constexpr int kBytes = LRP_VBYTES;
+constexpr bool kWide = kBytes == 64;
+
+template <class T> struct Vec;
+template <> struct Vec<float> {
+  typedef float type __attribute__((vector_size(kBytes)));
+  static constexpr int L = kBytes / 4;
+};
+template <> struct Vec<double> {
+  typedef double type __attribute__((vector_size(kBytes)));
+  static constexpr int L = kBytes / 8;
+};
+typedef uint16_t U16v __attribute__((vector_size(kBytes / 2)));
+typedef uint32_t U32v __attribute__((vector_size(kBytes)));
+
+struct BF16 { uint16_t bits; };
+
+template <class V> inline V load(const void* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <class V> inline void store(void* p, const V& v) { __builtin_memcpy(p, &v, sizeof(V)); }
+
+// W element / chunk in the accumulation type T
+template <class T> inline T scalar_w(const T* p) { return *p; }
+inline float scalar_w(const BF16* p) {
+  uint32_t u = uint32_t(p->bits) << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+template <class T> inline typename Vec<T>::type chunk_w(const T* p) {
+  return load<typename Vec<T>::type>(p);
+}
+inline Vec<float>::type chunk_w(const BF16* p) {
+  U32v u = __builtin_convertvector(load<U16v>(p), U32v) << 16;
+  return load<Vec<float>::type>(&u);
+}
+
+template <class V> inline V pos(V w) { return w < 0 ? V{} : w; }
+template <class V> inline V neg(V w) { return w > 0 ? V{} : w; }
+inline float pos(float w) { return w < 0 ? 0.f : w; }
+inline float neg(float w) { return w > 0 ? 0.f : w; }
+inline double pos(double w) { return w < 0 ? 0. : w; }
+inline double neg(double w) { return w > 0 ? 0. : w; }
+
+constexpr int ki_of(int c) { return (c == MERGE || c == CROSS) ? 2 : 1; }
+constexpr int ko_of(int c) { return (c == SPLIT || c == CROSS) ? 2 : 1; }
+
+template <class V> struct Prep { V p, n; };
+
+template <int C, class V> inline Prep<V> prep(V w) {
+  if constexpr (C == ID) return {w, w};
+  else if constexpr (C == POS) return {pos(w), w};
+  else if constexpr (C == SQ) return {w * w, w};
+  else return {pos(w), neg(w)};
+}
+
+template <int C, class V, class X> inline void accum(const Prep<V>& w, const X* x, V* acc) {
+  if constexpr (C == ID || C == POS || C == SQ) {
+    acc[0] += x[0] * w.p;
+  } else if constexpr (C == SPLIT) {
+    acc[0] += x[0] * w.p;
+    acc[1] += x[0] * w.n;
+  } else if constexpr (C == MERGE) {
+    acc[0] += x[0] * w.p + x[1] * w.n;
+  } else {
+    acc[0] += x[0] * w.p + x[1] * w.n;
+    acc[1] += x[0] * w.n + x[1] * w.p;
+  }
+}
+
+template <class V, class T> inline T hsum(const V& v) {
+  constexpr int L = sizeof(V) / sizeof(T);
+  T lanes[L];
+  __builtin_memcpy(lanes, &v, sizeof(V));
+  // pairwise, so the result does not depend on a long sequential chain
+#pragma GCC unroll 16
+  for (int w = L / 2; w >= 1; w /= 2)
+#pragma GCC unroll 16
+    for (int j = 0; j < w; ++j) lanes[j] += lanes[j + w];
+  return lanes[0];
+}
+
+// Tiling: OT weight rows x KT inputs of W stay in L1 while every batch row uses them; the
+// forward keeps per-(row, sample) vector partial sums in an L1 tile, the backward adds a whole
+// row tile into the (KO, N, I) buffer at once, so the buffer crosses L2 once per OT rows.
+constexpr int OT = 16;
+constexpr int KT = 256;  // a multiple of every vector length
+constexpr int NG = 16;   // samples per forward accumulator tile
+
+constexpr bool single(int c) { return c == ID || c == POS || c == SQ; }
+// samples per register block (forward and backward)
+template <int C> constexpr int nb_of() { return kWide ? (single(C) ? 4 : 2) : (single(C) ? 2 : 1); }
+
+// acc[ob][nb][k] (vector partial sums, tile strides so/sn) += combo over inputs [i0, i1)
+template <int C, class T, class WT, int OB, int NB>
+inline void fwd_micro(const WT* w0, const T* x0, int64_t I, int64_t xk, int64_t i0, int64_t i1,
+                      typename Vec<T>::type* acc, int so, int sn) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L, KI = ki_of(C), KO = ko_of(C);
+  V a[OB][NB][KO];
+#pragma GCC unroll 8
+  for (int ob = 0; ob < OB; ++ob)
+#pragma GCC unroll 8
+    for (int nb = 0; nb < NB; ++nb)
+#pragma GCC unroll 2
+      for (int k = 0; k < KO; ++k) a[ob][nb][k] = acc[ob * so + nb * sn + k];
+  for (int64_t i = i0; i < i1; i += L) {
+    Prep<V> w[OB];
+#pragma GCC unroll 8
+    for (int ob = 0; ob < OB; ++ob) w[ob] = prep<C>(chunk_w(w0 + ob * I + i));
+#pragma GCC unroll 8
+    for (int nb = 0; nb < NB; ++nb) {
+      V xv[KI];
+#pragma GCC unroll 2
+      for (int k = 0; k < KI; ++k) xv[k] = load<V>(x0 + k * xk + nb * I + i);
+#pragma GCC unroll 8
+      for (int ob = 0; ob < OB; ++ob) accum<C>(w[ob], xv, a[ob][nb]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int ob = 0; ob < OB; ++ob)
+#pragma GCC unroll 8
+    for (int nb = 0; nb < NB; ++nb)
+#pragma GCC unroll 2
+      for (int k = 0; k < KO; ++k) acc[ob * so + nb * sn + k] = a[ob][nb][k];
+}
+
+// out[k][n][o] = sum_i combo(W[o][i], x[k][n][i]) for rows o in [o0, o1)
+template <int C, class T, class WT>
+void fwd_rows(const WT* W, const T* x, T* out, int64_t N, int64_t O, int64_t I, int64_t o0,
+              int64_t o1) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L, KI = ki_of(C), KO = ko_of(C), NB = nb_of<C>();
+  constexpr int sn = KO, so = NG * KO;
+  V acc[OT * NG * KO];
+  const int64_t Iv = I / L * L, xk = N * I;
+  for (int64_t ot = o0; ot < o1; ot += OT) {
+    const int on = int(o1 - ot < OT ? o1 - ot : OT);
+    const WT* wt = W + ot * I;
+    for (int64_t ng = 0; ng < N; ng += NG) {
+      const int nn = int(N - ng < NG ? N - ng : NG);
+      const T* xg = x + ng * I;
+      for (int j = 0; j < OT * NG * KO; ++j) acc[j] = V{};
+      for (int64_t it = 0; it < Iv; it += KT) {
+        const int64_t ie = it + KT < Iv ? it + KT : Iv;
+        int ob = 0;
+        for (; ob + 4 <= on; ob += 4) {
+          int nb = 0;
+          for (; nb + NB <= nn; nb += NB)
+            fwd_micro<C, T, WT, 4, NB>(wt + ob * I, xg + nb * I, I, xk, it, ie,
+                                       acc + ob * so + nb * sn, so, sn);
+          for (; nb < nn; ++nb)
+            fwd_micro<C, T, WT, 4, 1>(wt + ob * I, xg + nb * I, I, xk, it, ie,
+                                      acc + ob * so + nb * sn, so, sn);
+        }
+        for (; ob < on; ++ob) {
+          int nb = 0;
+          for (; nb + NB <= nn; nb += NB)
+            fwd_micro<C, T, WT, 1, NB>(wt + ob * I, xg + nb * I, I, xk, it, ie,
+                                       acc + ob * so + nb * sn, so, sn);
+          for (; nb < nn; ++nb)
+            fwd_micro<C, T, WT, 1, 1>(wt + ob * I, xg + nb * I, I, xk, it, ie,
+                                      acc + ob * so + nb * sn, so, sn);
+        }
+      }
+      for (int ob = 0; ob < on; ++ob) {
+        for (int nb = 0; nb < nn; ++nb) {
+          T s[KO];
+          for (int k = 0; k < KO; ++k) s[k] = hsum<V, T>(acc[ob * so + nb * sn + k]);
+          for (int64_t i = Iv; i < I; ++i) {
+            Prep<T> w = prep<C>(T(scalar_w(wt + ob * I + i)));
+            T xv[KI];
+            for (int k = 0; k < KI; ++k) xv[k] = xg[k * xk + nb * I + i];
+            accum<C>(w, xv, s);
+          }
+          for (int k = 0; k < KO; ++k) out[k * N * O + (ng + nb) * O + ot + ob] = s[k];
+        }
+      }
+    }
+  }
+}
+
+template <class V, class T> inline V splat(T c) {
+  V v;
+#pragma GCC unroll 16
+  for (int j = 0; j < int(sizeof(V) / sizeof(T)); ++j) v[j] = c;
+  return v;
+}
+
+// buf[k][n][i0:i1] += sum over the OB rows of combo(W[o][i], c[k][n][o]); the OB products of a
+// chunk go to four partial sums so that no long chain of dependent FMAs forms.
+template <int C, class T, class WT, int OB, int NB>
+inline void bwd_micro(const WT* w0, const T* c0, T* b0, int64_t I, int64_t ck, int64_t bk,
+                      int64_t O, int64_t i0, int64_t i1) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L, KI = ki_of(C), KO = ko_of(C);
+  constexpr int P = OB < 4 ? OB : 4;
+  for (int64_t i = i0; i < i1; i += L) {
+    Prep<V> w[OB];
+#pragma GCC unroll 16
+    for (int ob = 0; ob < OB; ++ob) w[ob] = prep<C>(chunk_w(w0 + ob * I + i));
+#pragma GCC unroll 4
+    for (int nb = 0; nb < NB; ++nb) {
+      V part[P][KO];
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p)
+#pragma GCC unroll 2
+        for (int k = 0; k < KO; ++k) part[p][k] = V{};
+#pragma GCC unroll 16
+      for (int ob = 0; ob < OB; ++ob) {
+        V cv[KI];
+#pragma GCC unroll 2
+        for (int k = 0; k < KI; ++k) cv[k] = splat<V, T>(c0[k * ck + nb * O + ob]);
+        accum<C>(w[ob], cv, part[ob % P]);
+      }
+#pragma GCC unroll 2
+      for (int k = 0; k < KO; ++k) {
+        V sum = part[0][k];
+#pragma GCC unroll 4
+        for (int p = 1; p < P; ++p) sum += part[p][k];
+        store(b0 + k * bk + nb * I + i, load<V>(b0 + k * bk + nb * I + i) + sum);
+      }
+    }
+  }
+}
+
+template <int C, class T, class WT, int OB>
+inline void bwd_tile(const WT* w0, const T* c0, T* b0, int64_t N, int64_t O, int64_t I,
+                     int64_t i0, int64_t i1) {
+  constexpr int NB = nb_of<C>();
+  const int64_t ck = N * O, bk = N * I;
+  int64_t n = 0;
+  for (; n + NB <= N; n += NB)
+    bwd_micro<C, T, WT, OB, NB>(w0, c0 + n * O, b0 + n * I, I, ck, bk, O, i0, i1);
+  for (; n < N; ++n) bwd_micro<C, T, WT, OB, 1>(w0, c0 + n * O, b0 + n * I, I, ck, bk, O, i0, i1);
+}
+
+// buf[k][n][i] += sum_{o in [o0, o1)} combo(W[o][i], c[k][n][o])
+template <int C, class T, class WT>
+void bwd_rows(const WT* W, const T* c, T* buf, int64_t N, int64_t O, int64_t I, int64_t o0,
+              int64_t o1) {
+  constexpr int L = Vec<T>::L, KI = ki_of(C), KO = ko_of(C);
+  constexpr int OBF = (single(C) ? 16 : 8) / (kWide ? 1 : 2);  // rows per register pass
+  const int64_t Iv = I / L * L;
+  for (int64_t ot = o0; ot < o1; ot += OT) {
+    const int on = int(o1 - ot < OT ? o1 - ot : OT);
+    const WT* wt = W + ot * I;
+    for (int64_t it = 0; it < Iv; it += KT) {
+      const int64_t ie = it + KT < Iv ? it + KT : Iv;
+      int ob = 0;
+      for (; ob + OBF <= on; ob += OBF)
+        bwd_tile<C, T, WT, OBF>(wt + ob * I, c + ot + ob, buf, N, O, I, it, ie);
+      for (; ob + 4 <= on; ob += 4)
+        bwd_tile<C, T, WT, 4>(wt + ob * I, c + ot + ob, buf, N, O, I, it, ie);
+      for (; ob < on; ++ob) bwd_tile<C, T, WT, 1>(wt + ob * I, c + ot + ob, buf, N, O, I, it, ie);
+    }
+    for (int64_t i = Iv; i < I; ++i) {
+      for (int ob = 0; ob < on; ++ob) {
+        Prep<T> w = prep<C>(T(scalar_w(wt + ob * I + i)));
+        for (int64_t n = 0; n < N; ++n) {
+          T cv[KI], acc[KO];
+          for (int k = 0; k < KI; ++k) cv[k] = c[k * N * O + n * O + ot + ob];
+          for (int k = 0; k < KO; ++k) acc[k] = buf[k * N * I + n * I + i];
+          accum<C>(w, cv, acc);
+          for (int k = 0; k < KO; ++k) buf[k * N * I + n * I + i] = acc[k];
+        }
+      }
+    }
+  }
+}
+
+template <bool FWD, int C, class T, class WT>
+void rows(const WT* W, const T* x, T* out, int64_t N, int64_t O, int64_t I, int64_t o0,
+          int64_t o1) {
+  if constexpr (FWD)
+    fwd_rows<C, T, WT>(W, x, out, N, O, I, o0, o1);
+  else
+    bwd_rows<C, T, WT>(W, x, out, N, O, I, o0, o1);
+}
+
+template <bool FWD, class T, class WT>
+void by_combo(const Job& j, int64_t o0, int64_t o1, T* out) {
+  auto W = static_cast<const WT*>(j.W);
+  auto x = static_cast<const T*>(j.x);
+  switch (j.combo) {
+    case ID: return rows<FWD, ID, T, WT>(W, x, out, j.N, j.O, j.I, o0, o1);
+    case POS: return rows<FWD, POS, T, WT>(W, x, out, j.N, j.O, j.I, o0, o1);
+    case SQ: return rows<FWD, SQ, T, WT>(W, x, out, j.N, j.O, j.I, o0, o1);
+    case SPLIT: return rows<FWD, SPLIT, T, WT>(W, x, out, j.N, j.O, j.I, o0, o1);
+    case MERGE: return rows<FWD, MERGE, T, WT>(W, x, out, j.N, j.O, j.I, o0, o1);
+    case CROSS: return rows<FWD, CROSS, T, WT>(W, x, out, j.N, j.O, j.I, o0, o1);
+  }
+}
+
+template <bool FWD>
+void by_type(const Job& j, int64_t o0, int64_t o1, void* out) {
+  switch (j.wtype) {
+    case W_F32: return by_combo<FWD, float, float>(j, o0, o1, static_cast<float*>(out));
+    case W_F64: return by_combo<FWD, double, double>(j, o0, o1, static_cast<double*>(out));
+    case W_BF16: return by_combo<FWD, float, BF16>(j, o0, o1, static_cast<float*>(out));
+  }
+}
+
+}  // namespace
+
+void forward_range(const Job& job, int64_t o0, int64_t o1) {
+  by_type<true>(job, o0, o1, job.out);
+}
+
+void backward_range(const Job& job, int64_t o0, int64_t o1, void* buf) {
+  by_type<false>(job, o0, o1, buf);
+}
+
+}  // namespace LRP_ISA
+}  // namespace cpu
+}  // namespace lrp_ext
