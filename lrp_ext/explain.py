@@ -451,7 +451,8 @@ def _forward(nodes, x_node, depends, plan, stored, model, x):
 # backward
 # ---------------------------------------------------------------------------------------------
 def _stab(z, e):
-    return torch.where(z >= 0, z + e, z - e)
+    """``z + e·sgn(z)``, sgn(0) = sgn(-0.0) = +1 (the rule specification's stabilizer)."""
+    return _conv._stab(z, e)
 
 
 def _reduce_to(t, shape):
