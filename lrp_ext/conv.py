@@ -74,8 +74,8 @@ def _tuple(v, nd, name, rule):
 
 
 def _stab(z, e):
-    """``z + e·sgn(z)`` with sgn(0) = +1 (also for -0.0)."""
-    return torch.where(z >= 0, z + e, z - e)
+    """``z + e·sgn(z)`` with sgn(0) = +1 (also for -0.0, which ``+ 0.0`` turns into +0.0)."""
+    return z + torch.copysign(torch.tensor(e, dtype=z.dtype, device=z.device), z + 0.0)
 
 
 class ConvSpec:
@@ -86,7 +86,7 @@ class ConvSpec:
     """
 
     __slots__ = ("weight", "bias", "stride", "padding", "dilation", "transposed",
-                 "output_padding", "groups", "nd", "pre_pad")
+                 "output_padding", "groups", "nd", "pre_pad", "known_nonneg")
 
     def __init__(self, weight, bias, stride, padding, dilation, transposed, output_padding,
                  groups, nd, pre_pad=None):
@@ -94,6 +94,7 @@ class ConvSpec:
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.transposed, self.output_padding, self.groups = transposed, output_padding, groups
         self.nd, self.pre_pad = nd, pre_pad
+        self.known_nonneg = False  # set by callers that know the input is >= 0
 
     @property
     def out_channels(self):
@@ -133,10 +134,13 @@ class ConvSpec:
 
     def stack_weights(self, rows):
         """Physical weight for blocks ``rows[i][j]`` (output block i, input block j)."""
-        g = self.groups
         L = torch.stack([torch.stack([self.logical(w) for w in row], dim=2) for row in rows],
                         dim=1)  # (g, kO, O/g, kI, C/g, *k)
-        kO, Og, kI, Cg = L.shape[1:5]
+        return self.physical(L)
+
+    def physical(self, L):
+        """``(g, kO, O/g, kI, C/g, *k)`` block weight -> PyTorch's layout for this conv."""
+        g, kO, Og, kI, Cg = L.shape[:5]
         k = L.shape[5:]
         if self.transposed:
             return L.permute(0, 3, 4, 1, 2, *range(5, L.dim())).reshape(g * kI * Cg, kO * Og,
@@ -348,12 +352,14 @@ def _run(rule, R, a, layer, bias, hyper, body, output=None, extra_inputs=()):
     return out.squeeze(0) if unbatched else out
 
 
-def apply_spec(rule, R, a, spec: ConvSpec, *, output=None, **params):
+def apply_spec(rule, R, a, spec: ConvSpec, *, output=None, nonneg=False, **params):
     """Run rule ``rule`` (a name from ``__all__``) for a prepared :class:`ConvSpec`.
 
     Used by model-level code that has already built the (possibly BatchNorm-merged) weights;
-    ``params`` are the rule's parameters, ``output`` as in the rule functions.
+    ``params`` are the rule's parameters, ``output`` as in the rule functions.  ``nonneg=True``
+    promises ``a >= 0`` (e.g. a ReLU output) and skips the check.
     """
+    spec.known_nonneg = bool(nonneg)
     if rule in ("epsilon", "zero", "gamma", "alpha_beta"):
         params["output"] = output
     return globals()[rule](R, a, spec, **params)
@@ -381,22 +387,53 @@ def _epsilon_body(e):
     return body
 
 
-def _pm(a, spec, nonneg, output, need_m=True):
+class _SignedWeights:
+    """``W⁺``/``W⁻`` and their block stacks, each built at most once per call."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self._pm = self._wp = self._wn = None
+
+    def pm(self):
+        """``[[W⁺], [W⁻]]`` (two output blocks): one allocation, two clamp passes."""
+        if self._pm is None:
+            spec = self.spec
+            L = spec.logical(spec.weight)
+            S = torch.empty((L.shape[0], 2, L.shape[1], 1) + tuple(L.shape[2:]),
+                            dtype=L.dtype, device=L.device)
+            torch.clamp(L, min=0, out=S[:, 0, :, 0])
+            torch.clamp(L, max=0, out=S[:, 1, :, 0])
+            self._pm = spec.physical(S)
+            if not spec.transposed and spec.groups == 1:
+                O = spec.weight.shape[0]
+                self._wp, self._wn = self._pm[:O], self._pm[O:]
+        return self._pm
+
+    def wp(self):
+        if self._wp is None:
+            self._wp = self.spec.weight.clamp(min=0)
+        return self._wp
+
+    def wn(self):
+        if self._wn is None:
+            self._wn = self.spec.weight.clamp(max=0)
+        return self._wn
+
+
+def _pm(a, spec, sw, nonneg, output, need_m=True):
     """P = Σ(aW)⁺ + b⁺ and M = Σ(aW)⁻ + b⁻ (as (N, g, O/g, *sp) views); M may be None."""
-    W = spec.weight
-    Wp, Wn = W.clamp(min=0), W.clamp(max=0)
     b = spec.bias
     if nonneg and (output is not None or not need_m):
-        P = spec.fwd(a, Wp, None if b is None else b.clamp(min=0))
+        P = spec.fwd(a, sw.wp(), None if b is None else b.clamp(min=0))
         M = None
         if need_m:
             M = spec.grouped(output - P)
         return spec.grouped(P), M
     if nonneg:
-        w = spec.stack_weights([[Wp], [Wn]])
         bb = None if b is None else spec.stack_bias([b.clamp(min=0), b.clamp(max=0)])
-        y = spec.split(spec.fwd(a, w, bb), 2)
+        y = spec.split(spec.fwd(a, sw.pm(), bb), 2)
         return y[:, :, 0], y[:, :, 1]
+    Wp, Wn = sw.wp(), sw.wn()
     x = spec.stack_inputs([a.clamp(min=0), a.clamp(max=0)])
     if output is not None or not need_m:
         w = spec.stack_weights([[Wp, Wn]])
@@ -409,13 +446,12 @@ def _pm(a, spec, nonneg, output, need_m=True):
     return y[:, :, 0], y[:, :, 1]
 
 
-def _backward_pm(cp, cn, a, spec, nonneg):
+def _backward_pm(cp, cn, a, spec, sw, nonneg):
     """``a⁺ ⊙ T(c⁺ on W⁺ + c⁻ on W⁻) + a⁻ ⊙ T(c⁻ on W⁺ + c⁺ on W⁻)``; ``cn`` may be None.
 
-    ``cp``/``cn`` are (N, g, O/g, *sp) or a ready stacked buffer when ``cn`` is ``"stacked"``.
+    ``cp`` is (N, g, O/g, *sp), or the stacked ``[c⁺; c⁻]`` buffer (N, g, 2, O/g, *sp) when
+    ``cn`` is ``"stacked"``.
     """
-    W = spec.weight
-    Wp, Wn = W.clamp(min=0), W.clamp(max=0)
     N = a.shape[0]
     if isinstance(cn, str):
         G, kO = cp.reshape(N, -1, *cp.shape[4:]), 2
@@ -423,13 +459,14 @@ def _backward_pm(cp, cn, a, spec, nonneg):
         G, kO = cp.reshape(N, -1, *cp.shape[3:]), 1
     if kO == 1:
         if nonneg:
-            return a * spec.bwd(G, a.shape, Wp)
+            return a.mul(spec.bwd(G, a.shape, sw.wp()))
         x_shape = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
-        y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[Wp, Wn]])), 2)
+        y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[sw.wp(), sw.wn()]])), 2)
         ag = spec.grouped(a)
         return (ag.clamp(min=0) * y[:, :, 0] + ag.clamp(max=0) * y[:, :, 1]).reshape(a.shape)
     if nonneg:
-        return a * spec.bwd(G, a.shape, spec.stack_weights([[Wp], [Wn]]))
+        return spec.bwd(G, a.shape, sw.pm()).mul_(a)
+    Wp, Wn = sw.wp(), sw.wn()
     x_shape = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
     y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[Wp, Wn], [Wn, Wp]])), 2)
     ag = spec.grouped(a)
@@ -438,44 +475,71 @@ def _backward_pm(cp, cn, a, spec, nonneg):
 
 def _gamma_body(gam, e):
     def body(R, a, spec, z):
-        nonneg = _nonneg(a)
-        P, M = _pm(a, spec, nonneg, z)
+        nonneg = spec.known_nonneg or _nonneg(a)
+        sw = _SignedWeights(spec)
+        if nonneg:
+            sw.pm()  # the backward uses the stack: build it first so W⁺ is a view of it
+        P, M = _pm(a, spec, sw, nonneg, z, need_m=z is None or gam < 0)
         zg = spec.grouped(z) if z is not None else P + M
         Rg = spec.grouped(R)
-        pos = zg > 0
-        den = torch.where(pos, P, M).mul_(gam).add_(zg)
-        s = Rg / _stab(den, e)
-        s = s.masked_fill_(zg == 0, 0)
-        # c⁺ = (1+γ)s_p + s_n and c⁻ = s_p + (1+γ)s_n, written straight into the stacked buffer
         G = torch.empty((Rg.shape[0], Rg.shape[1], 2) + tuple(Rg.shape[2:]), dtype=R.dtype,
                         device=R.device)
-        one_g = torch.tensor(1.0 + gam, dtype=R.dtype, device=R.device)
-        one = torch.tensor(1.0, dtype=R.dtype, device=R.device)
-        torch.mul(s, torch.where(pos, one_g, one), out=G[:, :, 0])
-        torch.mul(s, torch.where(pos, one, one_g), out=G[:, :, 1])
-        return _backward_pm(G, "stacked", a, spec, nonneg)
+        if gam >= 0:
+            # P ≥ 0 and M ≤ 0, so z_p = z + γP > 0 where z > 0 and z_n = z + γM < 0 where z < 0:
+            # with t = sgn(z) ∈ {-1, 0, 1} and k = 1 + γ/2 − γt/2 (1 where z > 0, 1+γ where
+            # z < 0), the stabilised denominator is z·k + t·(γP + e), c⁻ = k·s, c⁺ = c⁻ + γ·t·s.
+            t = torch.sign(zg)
+            den = P.mul_(gam).add_(e).mul_(t)
+            k = t.mul(-0.5 * gam).add_(1.0 + 0.5 * gam)
+            den.addcmul_(zg, k)
+            s = torch.div(Rg, den, out=G[:, :, 1])
+            del den, P
+            s.masked_fill_(t == 0, 0)  # R[z>0] and R[z<0] both vanish where z == 0
+            torch.mul(s, t, out=G[:, :, 0])
+            del t
+            G[:, :, 1].mul_(k)
+            G[:, :, 0].mul_(gam).add_(G[:, :, 1])
+            del k, s
+        else:
+            pos = zg > 0
+            den = torch.where(pos, P, M).mul_(gam).add_(zg)
+            s = Rg / _stab(den, e)
+            s = s.masked_fill_(zg == 0, 0)
+            one_g = torch.tensor(1.0 + gam, dtype=R.dtype, device=R.device)
+            one = torch.tensor(1.0, dtype=R.dtype, device=R.device)
+            torch.mul(s, torch.where(pos, one_g, one), out=G[:, :, 0])
+            torch.mul(s, torch.where(pos, one, one_g), out=G[:, :, 1])
+            del den, s, P
+        del M
+        return _backward_pm(G, "stacked", a, spec, sw, nonneg)
     body.needs_ones = False
     return body
 
 
 def _alpha_beta_body(alpha, beta, e):
     def body(R, a, spec, z):
-        nonneg = _nonneg(a)
+        nonneg = spec.known_nonneg or _nonneg(a)
         need_m = beta != 0
-        P, M = _pm(a, spec, nonneg, z, need_m=need_m)
+        sw = _SignedWeights(spec)
+        if need_m and nonneg:
+            sw.pm()
+        P, M = _pm(a, spec, sw, nonneg, z, need_m=need_m)
         Rg = spec.grouped(R)
+        P.add_(e)  # P ≥ 0 (also -0.0 + e = e): stab(P) = P + e
         if not need_m:
-            cp = Rg / _stab(P, e)
+            cp = torch.div(Rg, P)
             if alpha != 1:
-                cp = cp.mul_(alpha)
-            return _backward_pm(cp, None, a, spec, nonneg)
+                cp.mul_(alpha)
+            del P
+            return _backward_pm(cp, None, a, spec, sw, nonneg)
         G = torch.empty((Rg.shape[0], Rg.shape[1], 2) + tuple(Rg.shape[2:]), dtype=R.dtype,
                         device=R.device)
-        torch.div(Rg, _stab(P, e), out=G[:, :, 0])
+        torch.div(Rg, P, out=G[:, :, 0])
         G[:, :, 0].mul_(alpha)
         torch.div(Rg, _stab(M, e), out=G[:, :, 1])
         G[:, :, 1].mul_(-beta)
-        return _backward_pm(G, "stacked", a, spec, nonneg)
+        del P, M
+        return _backward_pm(G, "stacked", a, spec, sw, nonneg)
     body.needs_ones = False
     return body
 

@@ -27,6 +27,7 @@ is still needed.  Models that ``torch.fx`` cannot trace (data-dependent control 
 """
 from __future__ import annotations
 
+import math
 import operator
 import threading
 import weakref
@@ -69,11 +70,13 @@ _Z_RULES = {"epsilon", "zero", "gamma", "alpha_beta"}  # conv rules that reuse t
 class _Node:
     """Per-node plan: ``kind`` in layer / pass / norm / sum / grad / getitem."""
 
-    __slots__ = ("kind", "rule", "module", "bn", "bn_module", "zsrc")
+    __slots__ = ("kind", "rule", "module", "bn", "bn_module", "zsrc", "nonneg", "a_relu_of")
 
     def __init__(self, kind, rule=None, module=None):
         self.kind, self.rule, self.module = kind, rule, module
         self.bn = self.bn_module = self.zsrc = None
+        self.nonneg = False
+        self.a_relu_of = None  # the layer input is relu(value of this node), kept anyway
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +132,60 @@ def _param_args(node, model):
     return out
 
 
+_NONNEG_MODULES = (torch.nn.ReLU, torch.nn.ReLU6)
+_NONNEG_FUNCS = {torch.relu, F.relu, F.relu6}
+_KEEP_SIGN_MODULES = (torch.nn.modules.pooling._MaxPoolNd, torch.nn.modules.pooling._AvgPoolNd,
+                      torch.nn.modules.pooling._AdaptiveAvgPoolNd,
+                      torch.nn.modules.pooling._AdaptiveMaxPoolNd, torch.nn.Flatten,
+                      torch.nn.Unflatten, torch.nn.Identity, torch.nn.modules.dropout._DropoutNd)
+_KEEP_SIGN_FUNCS = {torch.flatten, torch.reshape} | _AVGPOOL_FUNCS | {
+    getattr(F, n) for n in ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
+                            "adaptive_max_pool2d", "adaptive_max_pool3d", "dropout")}
+_KEEP_SIGN_METHODS = {"flatten", "view", "reshape", "contiguous", "relu"}
+
+
+_MAXPOOL = (torch.nn.MaxPool1d, torch.nn.MaxPool2d, torch.nn.MaxPool3d)
+_MAXPOOL_FN = {torch.nn.MaxPool1d: (F.max_pool1d, 1), torch.nn.MaxPool2d: (F.max_pool2d, 2),
+               torch.nn.MaxPool3d: (F.max_pool3d, 3)}
+
+
+def _relu_input(node, modules):
+    """The input node of ``node`` when ``node`` is a plain ReLU, else None."""
+    if not isinstance(node, torch.fx.Node) or not node.args or \
+            not isinstance(node.args[0], torch.fx.Node):
+        return None
+    if node.op == "call_module" and type(modules[node.target]) is torch.nn.ReLU:
+        return node.args[0]
+    if node.op == "call_function" and node.target in (torch.relu, F.relu):
+        return node.args[0]
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return node.args[0]
+    return None
+
+
+def _nonneg_nodes(nodes, modules):
+    """Nodes whose value is >= 0 by construction (ReLU outputs and what keeps their sign)."""
+    out = set()
+    for n in nodes:
+        first = n.args[0] if n.args else None
+        first_nn = isinstance(first, torch.fx.Node) and first in out
+        if n.op == "call_module":
+            mod = modules[n.target]
+            if isinstance(mod, _NONNEG_MODULES) or (isinstance(mod, _KEEP_SIGN_MODULES)
+                                                    and first_nn):
+                out.add(n)
+        elif n.op == "call_function":
+            if n.target in _NONNEG_FUNCS or (n.target in _KEEP_SIGN_FUNCS and first_nn):
+                out.add(n)
+            elif n.target in _ADD_FUNCS and len(n.args) == 2 and not n.kwargs and \
+                    all(isinstance(a, torch.fx.Node) and a in out for a in n.args):
+                out.add(n)
+        elif n.op == "call_method":
+            if n.target in ("relu", "relu_") or (n.target in _KEEP_SIGN_METHODS and first_nn):
+                out.add(n)
+    return out
+
+
 def _plan(graph, model, comp, canonize, have_bounds):
     modules = dict(model.named_modules())
     nodes = list(graph.nodes)
@@ -147,6 +204,7 @@ def _plan(graph, model, comp, canonize, have_bounds):
             depends.add(n)
     merges = _canon.find_batchnorm_merges(nodes, modules, depends) if canonize else {}
     merged_bn = set(merges.values())
+    nonneg = _nonneg_nodes(nodes, modules)
     plan = {}
     stored = set()
     first_done = False
@@ -170,9 +228,14 @@ def _plan(graph, model, comp, canonize, have_bounds):
                 if rule.layer:
                     p = _Node("layer", rule, mod)
                     p.bn = merges.get(n)
+                    p.nonneg = n.args[0] in nonneg
                     if p.bn is not None:
                         p.bn_module = modules[p.bn.target]
-                    stored.add(n.args[0])
+                    src = _relu_input(n.args[0], modules)
+                    if src is not None and src in stored:
+                        p.a_relu_of = src  # keep nothing new: recompute relu(src) later
+                    else:
+                        stored.add(n.args[0])
                     if isinstance(mod, _comp.CONV_TYPES) and (
                             rule.name in ("epsilon", "zero", "gamma")
                             or (rule.name == "alpha_beta" and rule.params["beta"] != 0)):
@@ -185,8 +248,10 @@ def _plan(graph, model, comp, canonize, have_bounds):
                                          "lowest and highest input values), e.g. low=-3.0, "
                                          "high=3.0")
                     plan[n] = p
-                elif rule.name in ("pass", "gradient"):
-                    plan[n] = _Node("pass" if rule.name == "pass" else "grad", rule, mod)
+                elif rule.name == "gradient":
+                    plan[n] = _Node("grad", rule, mod)
+                    stored.add(n.args[0])
+                    stored.add(n)
                 else:
                     raise ValueError(f"explain: rule {rule!r} cannot be used for layer {path}")
                 continue
@@ -194,6 +259,9 @@ def _plan(graph, model, comp, canonize, have_bounds):
                 plan[n] = _Node("pass", None, mod)
                 continue
             rule = comp.rule_for(n.target, mod)
+            if rule is None and isinstance(mod, _MAXPOOL) and not mod.return_indices:
+                plan[n] = _Node("maxpool", None, mod)  # winner takes all, from the indices
+                continue
             if rule is None:
                 if _has_params(mod):
                     raise ValueError(f"explain: module {path} has parameters and no rule of "
@@ -258,6 +326,8 @@ def _forward(nodes, x_node, depends, plan, stored, model, x):
     for n, p in plan.items():
         if p.kind == "layer":
             saved[n] = {}
+            if p.a_relu_of is not None:
+                remaining[p.a_relu_of] += 1
             if p.zsrc is not None:
                 layer_of_z[p.zsrc] = n
     out = None
@@ -275,6 +345,9 @@ def _forward(nodes, x_node, depends, plan, stored, model, x):
             break
         else:
             p = plan.get(n)
+            if p is not None and p.kind == "getitem" and \
+                    isinstance(env.get(n.args[0]), torch.Tensor):
+                p.kind = "grad"  # indexing a tensor (not a tuple of outputs): plain gradient
             args = torch.fx.node.map_arg(n.args, lambda m: env[m])
             kwargs = torch.fx.node.map_arg(n.kwargs, lambda m: env[m])
             if op == "call_module":
@@ -283,7 +356,15 @@ def _forward(nodes, x_node, depends, plan, stored, model, x):
                 fn = n.target
             else:
                 fn = None
-            if p is not None and p.kind in ("grad", "norm"):
+            if p is not None and p.kind == "maxpool":
+                m = p.module
+                xin = args[0]
+                res, idx = _MAXPOOL_FN[type(m)][0](xin, m.kernel_size, m.stride, m.padding,
+                                                   m.dilation, ceil_mode=m.ceil_mode,
+                                                   return_indices=True)
+                saved[n] = (idx, tuple(xin.shape))
+                env[n] = res
+            elif p is not None and p.kind in ("grad", "norm"):
                 leaves = {}
 
                 def _leaf(m):
@@ -344,8 +425,16 @@ def _forward(nodes, x_node, depends, plan, stored, model, x):
                     res = fn(*args, **kwargs)
                 env[n] = res
                 if p is not None:
+                    if p.kind == "pass" and args and isinstance(args[0], torch.Tensor):
+                        saved[n] = tuple(args[0].shape)
                     if p.kind == "layer":
-                        saved[n]["a"] = env[n.args[0]]
+                        if p.a_relu_of is not None:
+                            saved[n]["a_relu"] = env[p.a_relu_of]
+                            remaining[p.a_relu_of] -= 1
+                            if remaining[p.a_relu_of] == 0 and p.a_relu_of is not x_node:
+                                env.pop(p.a_relu_of, None)
+                        else:
+                            saved[n]["a"] = env[n.args[0]]
                     elif p.kind == "sum":
                         saved[n] = (env[n.args[0]], env[n.args[1]], res)
                 if n in layer_of_z:
@@ -362,7 +451,8 @@ def _forward(nodes, x_node, depends, plan, stored, model, x):
 # backward
 # ---------------------------------------------------------------------------------------------
 def _stab(z, e):
-    return torch.where(z >= 0, z + e, z - e)
+    """``z + e·sgn(z)``, sgn(0) = sgn(-0.0) = +1 (the rule specification's stabilizer)."""
+    return _conv._stab(z, e)
 
 
 def _reduce_to(t, shape):
@@ -383,7 +473,7 @@ def _layer_params(p):
 
 def _layer_rule(n, p, R, saved, low, high):
     st = saved.pop(n)
-    a = st["a"]
+    a = torch.relu(st["a_relu"]) if "a_relu" in st else st["a"]
     rule = p.rule
     params = dict(rule.params)
     if rule.name == "z_box":
@@ -397,7 +487,8 @@ def _layer_rule(n, p, R, saved, low, high):
             return fn(R, a, W, b, params.pop("low"), params.pop("high"), **params)
         return fn(R, a, W, b, **params)
     spec = _conv.conv_spec(mod, rule=rule.name).with_params(W, b)
-    return _conv.apply_spec(rule.name, R, a, spec, output=st.get("z"), **params)
+    return _conv.apply_spec(rule.name, R, a, spec, output=st.get("z"), nonneg=p.nonneg,
+                            **params)
 
 
 def _backward(nodes, x_node, depends, plan, saved, out_node, R, low, high):
@@ -429,7 +520,13 @@ def _backward(nodes, x_node, depends, plan, saved, out_node, R, low, high):
             continue
         kind = p.kind
         if kind == "pass":
-            give(n.args[0], Rn)
+            src = n.args[0]
+            in_shape = saved.pop(n, None)
+            if isinstance(Rn, torch.Tensor) and in_shape is not None and \
+                    in_shape != tuple(Rn.shape):
+                raise ValueError(f"explain: rule Pass at '{n.name}' needs equal input and "
+                                 f"output shapes, got {in_shape} -> {tuple(Rn.shape)}")
+            give(src, Rn)
         elif kind == "layer":
             give(n.args[0], _layer_rule(n, p, Rn, saved, low, high))
         elif kind == "sum":
@@ -438,6 +535,14 @@ def _backward(nodes, x_node, depends, plan, saved, out_node, R, low, high):
             s = Rn / _stab(z, e)
             give(n.args[0], _reduce_to(a * s, a.shape))
             give(n.args[1], _reduce_to(b * s, b.shape))
+        elif kind == "maxpool":  # the plain gradient: each output's relevance to its argmax
+            idx, in_shape = saved.pop(n)
+            nd = _MAXPOOL_FN[type(p.module)][1]
+            lead = math.prod(in_shape[:len(in_shape) - nd])
+            g = torch.zeros((lead, math.prod(in_shape[len(in_shape) - nd:])), dtype=Rn.dtype,
+                            device=Rn.device)
+            g.scatter_add_(1, idx.reshape(lead, -1), Rn.reshape(lead, -1))
+            give(n.args[0], g.reshape(in_shape))
         elif kind == "getitem":
             give(n.args[0], {n.args[1]: Rn})
         elif kind in ("grad", "norm"):

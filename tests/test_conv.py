@@ -174,3 +174,25 @@ def test_bad_arguments():
         fast.epsilon(R, torch.randn(3, 8), m)
     with pytest.raises(ValueError, match="too small"):
         fast.epsilon(R, torch.randn(1, 3, 2, 2), m)
+
+
+@pytest.mark.parametrize("ci", [0, 1, 5])
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_gamma_negative_and_zero_outputs(ci, nonneg):
+    """γ < 0 takes the general path; exact zeros of z (no bias, zero inputs) are masked."""
+    gen = torch.Generator().manual_seed(77 + ci)
+    case = CASES[ci]
+    W, _, hyper = _layer(case, gen, False)
+    a = torch.randn((2, case[2]) + case[10], generator=gen, dtype=D)
+    a[:, :, ::2] = 0.0  # zero rows: some outputs are exactly 0
+    if nonneg:
+        a = a.clamp(min=0)
+    with torch.no_grad():
+        z = ref._Layer(W, None, hyper, "t").f(a, W)
+    R = torch.randn(z.shape, generator=gen, dtype=D)
+    for g in (-0.2, 0.0, 0.25):
+        want = ref.gamma(R, a, W, **hyper, gamma=g)
+        torch.testing.assert_close(fast.gamma(R, a, W, **hyper, gamma=g), want,
+                                   rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(fast.gamma(R, a, W, **hyper, gamma=g, output=z), want,
+                                   rtol=1e-7, atol=1e-9)

@@ -1,0 +1,273 @@
+"""Whole-model LRP cost: lrp_ext.explain vs gradient×input, zennit 0.5.1 and Captum LRP.
+
+For each model and batch size, every method runs on the same random input (torchvision models
+with random weights; random BatchNorm statistics) and is timed as the median of ``--repeats``
+runs; the ratios to gradient×input are measured in the same run.  Peak memory
+is measured in a separate, untimed run of each method (after a warm-up run); the timed runs
+go round all methods in turn, ``--repeats`` rounds: on CPU as the peak increase of the
+process's resident set size (sampled every millisecond from /proc/self/statm, with glibc's
+mmap threshold fixed so freed buffers go back to the OS); on CUDA with
+``torch.cuda.max_memory_allocated``.
+
+Methods
+- ``grad_x_input``: ``x * d out[target] / dx`` (autograd, input gradient only).
+- ``lrp_ext:<composite>``: ``lrp_ext.explain(model, x, target, composite=...)``.
+- ``zennit:<composite>``: ``zennit.attribution.Gradient`` with the same composite (and
+  ``ResNetCanonizer`` / ``SequentialMergeBatchNorm``).
+- ``captum:<...>``: ``captum.attr.LRP`` with per-layer rules set to the nearest Captum has
+  (GammaRule for convs / EpsilonRule for Linear — Captum has no z^B rule; Alpha1_Beta0_Rule for
+  convs — no flat rule), on a deep copy of the model (Captum writes rule attributes into it).
+  Captum has no rule for residual sums, so on ResNets its numbers are a timing reference only.
+  A method that raises is reported as n/a.
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/bench_models.py                   # vgg16,resnet50; batch 1,8
+    PYTHONPATH=. python benchmarks/bench_models.py --quick           # small smoke run
+    PYTHONPATH=. python benchmarks/bench_models.py --device cuda --batch 1,8,32
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import statistics
+import sys
+import threading
+import time
+import warnings
+
+if sys.platform.startswith("linux") and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+    # fixed mmap threshold: large freed buffers return to the OS, so RSS follows live memory
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from lrp_ext.explain import explain  # noqa: E402
+
+COMPOSITES = ("epsilon_gamma_box", "epsilon_plus_flat")
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+def _rss_bytes():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory increase during a block (CPU: sampled RSS; CUDA: allocator statistics)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        self.base = _rss_bytes()
+        self.max = self.base
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self.max = max(self.max, _rss_bytes())
+                time.sleep(0.001)
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.max = max(self.max, _rss_bytes())
+            self._stop.set()
+            self._thread.join()
+            self.peak = self.max - self.base
+        return False
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------
+def _model(name, device, seed=0):
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)()
+    gen = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+            mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            mod.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            mod.bias.data.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+    return model.eval().to(device)
+
+
+def _methods(name, model, x, target, device, with_zennit, with_captum):
+    low = ((0 - MEAN) / STD).to(device)
+    high = ((1 - MEAN) / STD).to(device)
+    tgt = torch.full((x.shape[0],), target, dtype=torch.long, device=device)
+    out = {}
+
+    def grad_x_input():
+        xx = x.detach().requires_grad_(True)
+        y = model(xx)
+        g, = torch.autograd.grad(y[:, target].sum(), xx)
+        return g * x
+    out["grad_x_input"] = grad_x_input
+
+    for comp in COMPOSITES:
+        kw = dict(low=low, high=high) if comp == "epsilon_gamma_box" else {}
+        out[f"lrp_ext:{comp}"] = (lambda comp=comp, kw=kw:
+                                  explain(model, x, tgt, composite=comp, **kw))
+
+    if with_zennit:
+        from zennit.attribution import Gradient
+        from zennit.canonizers import SequentialMergeBatchNorm
+        from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
+        from zennit.torchvision import ResNetCanonizer
+        can = ResNetCanonizer if name.startswith("resnet") else SequentialMergeBatchNorm
+
+        def zen(cls, kw):
+            composite = cls(canonizers=[can()], **kw)
+            with Gradient(model, composite) as attributor:
+                y = torch.zeros(x.shape[0], 1000, device=device)
+                y[:, target] = 1.0
+                _, rel = attributor(x.detach().requires_grad_(True),
+                                    lambda o: o * y)
+            return rel
+        out["zennit:epsilon_gamma_box"] = lambda: zen(EpsilonGammaBox, dict(low=low, high=high))
+        out["zennit:epsilon_plus_flat"] = lambda: zen(EpsilonPlusFlat, {})
+
+    if with_captum:
+        from captum.attr import LRP
+        from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule
+
+        def cap(conv_rule):
+            def run():
+                m = copy.deepcopy(model)  # Captum sets rule attributes on the modules
+                for mod in m.modules():
+                    if isinstance(mod, torch.nn.Conv2d):
+                        mod.rule = conv_rule()
+                    elif isinstance(mod, torch.nn.Linear):
+                        mod.rule = EpsilonRule(1e-6)
+                    elif isinstance(mod, torch.nn.ReLU):
+                        mod.inplace = False
+                return LRP(m).attribute(x.detach().requires_grad_(True), target=target)
+            return run
+        out["captum:gamma/epsilon"] = cap(lambda: GammaRule(0.25))
+        out["captum:z_plus/epsilon"] = cap(Alpha1_Beta0_Rule)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="vgg16,resnet50")
+    p.add_argument("--batch", default="1,8")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--quick", action="store_true",
+                   help="vgg11/resnet18 at 64x64, batch 1, 2 repeats")
+    p.add_argument("--no-zennit", action="store_true")
+    p.add_argument("--no-captum", action="store_true")
+    p.add_argument("--csv", default="bench_models.csv")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.batch, args.size, args.repeats = "vgg11,resnet18", "1", 64, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")
+    device = torch.device(args.device)
+    rows = []
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                       "")
+    except OSError:
+        pass
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  device={device} ({dev_name}), "
+          f"torch threads={torch.get_num_threads()}, torch {torch.__version__}", flush=True)
+    hdr = (f"{'model':10s} {'batch':>5s} {'method':28s} {'median s':>9s} {'× g×i':>7s} "
+           f"{'min s':>8s} {'× g×i':>7s} {'peak MB':>9s} {'mem × g×i':>9s}")
+    print(hdr)
+    print("-" * len(hdr), flush=True)
+    for name in args.models.split(","):
+        model = _model(name, device)
+        for bs in [int(b) for b in args.batch.split(",")]:
+            gen = torch.Generator().manual_seed(bs)
+            x = torch.randn(bs, 3, args.size, args.size, generator=gen).to(device)
+            methods = _methods(name, model, x, 7, device, not args.no_zennit,
+                               not args.no_captum)
+            base_t = base_m = base_min = None
+            # warm-up and peak memory (untimed), then timed rounds over all methods in turn,
+            # so that a changing machine load affects every method alike
+            errors, peaks, times = {}, {}, {m: [] for m in methods}
+            for mname, fn in methods.items():
+                try:
+                    fn()
+                    _sync(device)
+                    with PeakMemory(device) as pm:
+                        fn()
+                    peaks[mname] = pm.peak / 2**20
+                except Exception as exc:  # e.g. Captum on ResNets
+                    errors[mname] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+            for _ in range(args.repeats):
+                for mname, fn in methods.items():
+                    if mname in errors:
+                        continue
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    fn()
+                    _sync(device)
+                    times[mname].append(time.perf_counter() - t0)
+            for mname in methods:
+                err = errors.get(mname, "")
+                if err:
+                    t = tmin = peak = float("nan")
+                else:
+                    t = statistics.median(times[mname])
+                    tmin = min(times[mname])
+                    peak = peaks[mname]
+                if mname == "grad_x_input":
+                    base_t, base_m, base_min = t, peak, tmin
+                rt = t / base_t if base_t else float("nan")
+                rmin = tmin / base_min if base_min else float("nan")
+                rm = peak / base_m if base_m else float("nan")
+                row = dict(model=name, batch=bs, size=args.size, device=str(device),
+                           method=mname, median_s=t, ratio_time=rt, min_s=tmin,
+                           ratio_min=rmin, peak_mb=peak,
+                           ratio_mem=rm, error=err)
+                rows.append(row)
+                if err:
+                    print(f"{name:10s} {bs:5d} {mname:28s} {'n/a':>9s}  ({err})", flush=True)
+                else:
+                    print(f"{name:10s} {bs:5d} {mname:28s} {t:9.3f} {rt:7.2f} {tmin:8.3f} "
+                          f"{rmin:7.2f} {peak:9.1f} {rm:9.2f}", flush=True)
+        del model
+    with open(args.csv, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"# wrote {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
