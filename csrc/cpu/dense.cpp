@@ -106,23 +106,31 @@ void run_forward(const Job& job) {
   });
 }
 
-// Row-parallel backward: each thread accumulates into its own buffer, summed after.
+// Row-parallel backward: the rows are cut into a few more segments than threads, each segment
+// accumulating into its own buffer, handed out dynamically and summed in a fixed order, so the
+// result does not depend on which thread ran which segment.
 Tensor run_backward(const Job& job, int64_t KO, at::ScalarType acc) {
   const Isa isa = pick_isa();
-  const int64_t threads = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), job.O / rows_per_task(job, 1)));
-  Tensor buf = at::zeros({threads, KO, job.N, job.I}, at::TensorOptions().dtype(acc));
+  const int64_t threads = at::get_num_threads();
+  const int64_t segs = std::max<int64_t>(1, std::min<int64_t>(threads > 1 ? 2 * threads : 1,
+                                                              job.O / 64));
+  const int64_t per = (job.O + segs - 1) / segs;
+  Tensor buf = at::zeros({segs, KO, job.N, job.I}, at::TensorOptions().dtype(acc));
   const int64_t esz = at::elementSize(acc);
   char* base_ptr = static_cast<char*>(buf.data_ptr());
-  dynamic_rows(job, threads, [&](int64_t tid, int64_t o0, int64_t o1) {
-    void* dst = base_ptr + tid * KO * job.N * job.I * esz;
-    switch (isa) {
-      case Isa::AVX512: return avx512::backward_range(job, o0, o1, dst);
-      case Isa::AVX2: return avx2::backward_range(job, o0, o1, dst);
-      case Isa::BASE: return base::backward_range(job, o0, o1, dst);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, segs), 1, [&](int64_t, int64_t) {
+    for (int64_t k; (k = next.fetch_add(1)) < segs;) {
+      const int64_t o0 = std::min(job.O, k * per), o1 = std::min(job.O, o0 + per);
+      void* dst = base_ptr + k * KO * job.N * job.I * esz;
+      switch (isa) {
+        case Isa::AVX512: avx512::backward_range(job, o0, o1, dst); break;
+        case Isa::AVX2: avx2::backward_range(job, o0, o1, dst); break;
+        case Isa::BASE: base::backward_range(job, o0, o1, dst); break;
+      }
     }
   });
-  return threads == 1 ? buf[0] : buf.sum(0);
+  return segs == 1 ? buf[0] : buf.sum(0);
 }
 
 // ---------------------------------------------------------------- rule plans

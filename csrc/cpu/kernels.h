@@ -243,11 +243,15 @@ void fwd_rows(const WT* W, const T* x, T* out, int64_t N, int64_t O, int64_t I, 
   }
 }
 
+// every lane = c (x - 0 is exact for every x, so the subtraction folds into a broadcast)
 template <class V, class T> inline V splat(T c) {
-  V v;
-#pragma GCC unroll 16
-  for (int j = 0; j < int(sizeof(V) / sizeof(T)); ++j) v[j] = c;
-  return v;
+#if LRP_VBYTES == 64
+  if constexpr (sizeof(T) == 4) return (V)_mm512_set1_ps(c); else return (V)_mm512_set1_pd(c);
+#elif LRP_VBYTES == 32
+  if constexpr (sizeof(T) == 4) return (V)_mm256_set1_ps(c); else return (V)_mm256_set1_pd(c);
+#else
+  return c - V{};
+#endif
 }
 
 // buf[k][n][i0:i1] += sum over the OB rows of combo(W[o][i], c[k][n][o]); the OB products of a
