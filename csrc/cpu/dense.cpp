@@ -303,10 +303,47 @@ Tensor scratch(at::IntArrayRef sizes, at::ScalarType dtype) {
   return at::from_blob(p, sizes, [](void* q) { std::free(q); }, at::TensorOptions().dtype(dtype));
 }
 
+// The modified weights and the intermediate products of the gemm path live in per-thread
+// buffers kept between calls (up to kKeepBytes each; larger ones are allocated per call): at
+// large batch, faulting in fresh pages for them cost about a sixth of a gamma call. They never
+// leave run_plan.
+constexpr size_t kKeepBytes = size_t(256) << 20;
+
+enum Slot { WEIGHTS = 0, ZBUF, CBUF, TBUF, SLOTS };
+Tensor kept_scratch(Slot slot, at::IntArrayRef sizes, at::ScalarType dtype) {
+  int64_t numel = 1;
+  for (auto s : sizes) numel *= s;
+  const size_t bytes = size_t(numel) * at::elementSize(dtype);
+  if (bytes > kKeepBytes) return scratch(sizes, dtype);
+  struct Kept {
+    void* p = nullptr;
+    size_t n = 0;
+    ~Kept() { std::free(p); }
+  };
+  thread_local Kept slots[SLOTS];
+  Kept& kept = slots[slot];
+  if (kept.n < bytes) {
+    constexpr size_t kHuge = size_t(2) << 20;
+    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+    std::free(kept.p);
+    kept.p = nullptr;
+    kept.n = 0;
+    if (posix_memalign(&kept.p, kHuge, rounded) != 0 || kept.p == nullptr) {
+      kept.p = nullptr;
+      return scratch(sizes, dtype);
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(kept.p, rounded, MADV_HUGEPAGE);
+#endif
+    kept.n = rounded;
+  }
+  return at::from_blob(kept.p, sizes, at::TensorOptions().dtype(dtype));
+}
+
 template <class T>
 Tensor build(const Tensor& Wc, Build kind, at::ScalarType acc, Tensor* rowsum = nullptr) {
   const int64_t O = Wc.size(0), I = Wc.size(1);
-  Tensor V = kind == Build::PAIR ? scratch({2, O, I}, acc) : scratch({O, I}, acc);
+  Tensor V = kind == Build::PAIR ? kept_scratch(WEIGHTS, {2, O, I}, acc) : kept_scratch(WEIGHTS, {O, I}, acc);
   T* rs = nullptr;
   if (rowsum) {
     *rowsum = at::empty({1, O}, V.options());
@@ -342,7 +379,7 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
   job.I = I;
   job.N = N;
 
-  Tensor z, c = scratch({kc, N, O}, acc), t, zrow;
+  Tensor z, c = kept_scratch(CBUF, {kc, N, O}, acc), t, zrow;
   if (use_fused(N)) {
     if (pl.epi == Epi::WSQ) {  // w² needs only the row sums of W² (the same for every sample)
       zrow = at::empty({1, O}, opt);
@@ -373,7 +410,7 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
     Tensor Wp, Wn;
     if (pl.fwd == ID) {
       Wp = Wc;  // no copy for float32 / float64
-      if (Wc.scalar_type() != acc) Wp = scratch(Wc.sizes(), acc).copy_(Wc);
+      if (Wc.scalar_type() != acc) Wp = kept_scratch(WEIGHTS, Wc.sizes(), acc).copy_(Wc);
     } else if (pl.fwd == SQ) {
       Wp = build<T>(Wc, Build::SQ, acc, &zrow);
     } else if (pl.fwd == POS) {
@@ -383,7 +420,7 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
       Wp = pair[0];
       Wn = pair[1];
     }
-    z = scratch({kz, N, O}, acc);
+    z = kept_scratch(ZBUF, {kz, N, O}, acc);
     switch (pl.fwd) {
       case ID: case POS: mm_into(z[0], x[0], Wp.t()); break;
       case SQ: break;
@@ -405,7 +442,7 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
     epilogue<T>(pl.epi, pr, pl.fwd == SQ ? nullptr : z.data_ptr<T>(), c.data_ptr<T>(),
                 RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
                 zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
-    t = scratch({kt, N, I}, acc);
+    t = kept_scratch(TBUF, {kt, N, I}, acc);
     switch (pl.bwd) {
       case ID: case POS: case SQ: mm_into(t[0], c[0], Wp); break;
       case MERGE:  // c⁺ W⁺ + c⁻ W⁻
