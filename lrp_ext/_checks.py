@@ -54,17 +54,23 @@ def dense(R, a, W, b, rule):
     if b is not None and (b.dim() != 1 or b.shape[0] != O):
         raise ValueError(f"{rule}: b must have shape (O,) = ({O},) to match W {_shape(W)}, "
                          f"got b {_shape(b)}")
-    tensors = [("R", R), ("a", a), ("W", W)] + ([("b", b)] if b is not None else [])
+    agree(rule, [("R", R), ("a", a), ("W", W)] + ([("b", b)] if b is not None else []))
+    return R.detach(), a.detach(), W.detach(), None if b is None else b.detach()
+
+
+def agree(rule, tensors):
+    """All (name, tensor) pairs floating, and of the first one's dtype and device."""
     for name, t in tensors:
         if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{rule}: {name} must be a floating tensor, got dtype {t.dtype}")
+    name0, t0 = tensors[0]
     for name, t in tensors[1:]:
-        if t.dtype != R.dtype:
-            raise ValueError(f"{rule}: dtype mismatch: R is {R.dtype} but {name} is {t.dtype}")
-        if t.device != R.device:
-            raise ValueError(f"{rule}: device mismatch: R is on {R.device} but {name} is on "
-                             f"{t.device}")
-    return R.detach(), a.detach(), W.detach(), None if b is None else b.detach()
+        if t.dtype != t0.dtype:
+            raise ValueError(f"{rule}: dtype mismatch: {name0} is {t0.dtype} but {name} is "
+                             f"{t.dtype}")
+        if t.device != t0.device:
+            raise ValueError(f"{rule}: device mismatch: {name0} is on {t0.device} but {name} is "
+                             f"on {t.device}")
 
 
 def finite(value, name):

@@ -276,15 +276,7 @@ def _prepare(R, a, spec: ConvSpec, rule, output=None):
         tensors.append(("bias", spec.bias))
     if output is not None:
         tensors.append(("output", output))
-    for name, t in tensors:
-        if t.dtype not in _checks.FLOAT_DTYPES:
-            raise TypeError(f"{rule}: {name} must be a floating tensor, got dtype {t.dtype}")
-    for name, t in tensors[1:]:
-        if t.dtype != R.dtype:
-            raise ValueError(f"{rule}: dtype mismatch: R is {R.dtype} but {name} is {t.dtype}")
-        if t.device != R.device:
-            raise ValueError(f"{rule}: device mismatch: R is on {R.device} but {name} is on "
-                             f"{t.device}")
+    _checks.agree(rule, tensors)
     if a.shape[1] != spec.in_channels:
         raise ValueError(f"{rule}: a has {a.shape[1]} channels but the layer expects "
                          f"{spec.in_channels}; got a {_checks._shape(a)} and weight "
