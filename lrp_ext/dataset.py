@@ -264,24 +264,12 @@ def _fsync_dir(d):
 def atomic_write(path, data):
     """Write ``data`` (bytes, or a callable taking a binary file) to ``path`` via a hidden
     temporary file in the same folder, fsync, ``os.replace``: readers see all or nothing."""
-    d, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(d, f".{base}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             if callable(data):
                 data(fh)
             else:
                 fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(d)
 
 
 @contextlib.contextmanager
