@@ -21,17 +21,19 @@ LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3
 BATCHNORM_TYPES = (torch.nn.modules.batchnorm._BatchNorm,)
 
 
-def _bn_scale_shift(bn):
+def bn_scale_shift(running_mean, running_var, weight, bias, eps):
     """``(scale, shift)`` with ``BN(y) = y·scale + shift`` in inference mode."""
-    var = bn.running_var.detach()
-    mean = bn.running_mean.detach()
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = bn.weight.detach() * scale
-    shift = -mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.detach()
+    scale = torch.rsqrt(running_var.detach() + eps)
+    if weight is not None:
+        scale = weight.detach() * scale
+    shift = -running_mean.detach() * scale
+    if bias is not None:
+        shift = shift + bias.detach()
     return scale, shift
+
+
+def _bn_scale_shift(bn):
+    return bn_scale_shift(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
 
 
 def mergeable(bn) -> bool:
@@ -40,27 +42,34 @@ def mergeable(bn) -> bool:
             and bn.running_var is not None)
 
 
+def merge_affine(W, b, scale, shift, transposed=False, groups=1):
+    """``(W', b')`` of a layer with weight ``W`` and bias ``b`` (or None) followed by the
+    per-output-channel affine map ``y·scale + shift``, as new tensors."""
+    W = W.detach()
+    scale = scale.to(W.dtype)
+    shift = shift.to(W.dtype)
+    if transposed:
+        g = groups
+        Cin, Og = W.shape[:2]
+        s = scale.reshape(g, 1, Og, *([1] * (W.dim() - 2)))
+        W2 = (W.reshape(g, Cin // g, Og, *W.shape[2:]) * s).reshape(W.shape)
+    else:
+        W2 = W * scale.reshape(-1, *([1] * (W.dim() - 1)))
+    b2 = shift if b is None else b.detach() * scale + shift
+    return W2, b2
+
+
 def merged_parameters(layer, bn, weight=None, bias=None):
     """``(W', b')`` of ``layer`` followed by BatchNorm ``bn``, as new tensors.
 
     ``layer`` is an ``nn.Linear`` / ``nn.Conv*`` / ``nn.ConvTranspose*``; ``weight``/``bias``
     override the layer's own (e.g. when merging into already-modified parameters).
     """
-    W = (layer.weight if weight is None else weight).detach()
+    W = layer.weight if weight is None else weight
     b = layer.bias if weight is None else bias
-    b = None if b is None else b.detach()
     scale, shift = _bn_scale_shift(bn)
-    scale = scale.to(W.dtype)
-    shift = shift.to(W.dtype)
-    if isinstance(layer, torch.nn.modules.conv._ConvTransposeNd):
-        g = layer.groups
-        Cin, Og = W.shape[:2]
-        s = scale.reshape(g, 1, Og, *([1] * (W.dim() - 2)))
-        W2 = (W.reshape(g, Cin // g, Og, *W.shape[2:]) * s).reshape(W.shape)
-    else:
-        W2 = W * scale.reshape(-1, *([1] * (W.dim() - 1)))
-    b2 = shift if b is None else b * scale + shift
-    return W2, b2
+    transposed = isinstance(layer, torch.nn.modules.conv._ConvTransposeNd)
+    return merge_affine(W, b, scale, shift, transposed, getattr(layer, "groups", 1))
 
 
 def find_batchnorm_merges(nodes, modules, depends) -> dict:

@@ -217,11 +217,19 @@ class Composite:
     """
 
     def __init__(self, layer_map=None, name_map=None, first_map=None, *, sum_rule=None,
-                 base=True, name="custom"):
+                 base=True, name="custom", product_rule="constant", bilinear_rule=None):
         self.layer_map = _as_map(layer_map, "layer_map")
+        self.n_user = len(self.layer_map)  # entries before the base map
         if base:
             self.layer_map += [(ACTIVATION_TYPES, Pass()), (AVGPOOL_TYPES, Norm()),
-                               (BATCHNORM_TYPES, Pass())]
+                               (BATCHNORM_TYPES, Epsilon(1e-6))]
+        if product_rule not in PRODUCT_RULES:
+            raise ValueError(f"product_rule must be one of {', '.join(PRODUCT_RULES)}, got "
+                             f"{product_rule!r}")
+        if bilinear_rule is not None and bilinear_rule not in BILINEAR_RULES:
+            raise ValueError(f"bilinear_rule must be None or one of "
+                             f"{', '.join(BILINEAR_RULES)}, got {bilinear_rule!r}")
+        self.product_rule, self.bilinear_rule = product_rule, bilinear_rule
         self.first_map = _as_map(first_map, "first_map")
         if name_map is None:
             name_map = {}
@@ -236,6 +244,42 @@ class Composite:
 
     def first_rule(self, module):
         for types, rule in self.first_map:
+            if isinstance(module, types):
+                return rule
+        return None
+
+    def first_rule_type(self, cls, fallback=None):
+        """The first-layer rule for a layer of type ``cls`` (or of type ``fallback``)."""
+        for types, rule in self.first_map:
+            if (cls is not None and issubclass(cls, types)) or \
+                    (fallback is not None and issubclass(fallback, types)):
+                return rule
+        return None
+
+    def rule_for_type(self, name, cls, fallback=None, first=False):
+        """The rule for a layer named ``name`` of type ``cls`` (None when unknown); types
+        that no entry names fall back to ``fallback`` (``nn.Linear`` for a functional
+        linear op, the matching ``nn.ConvNd`` for a convolution)."""
+        if name is not None and name in self.name_map:
+            return self.name_map[name]
+        if first:
+            r = self.first_rule_type(cls, fallback)
+            if r is not None:
+                return r
+        for c in (cls, fallback):
+            if c is None:
+                continue
+            for types, rule in self.layer_map:
+                if issubclass(c, types):
+                    return rule
+        return None
+
+    def user_rule(self, name, module):
+        """The rule that ``name_map`` or the caller's own ``layer_map`` give ``module``
+        (not the base map), or None."""
+        if name in self.name_map:
+            return self.name_map[name]
+        for types, rule in self.layer_map[:self.n_user]:
             if isinstance(module, types):
                 return rule
         return None
@@ -269,11 +313,26 @@ def _preset(name):
     if name == "epsilon_alpha2_beta1_flat":
         return Composite([(CONV_TYPES, AlphaBeta(2.0, 1.0)), (LINEAR_TYPES, Epsilon(1e-6))],
                          first_map=[(CONV_TYPES + LINEAR_TYPES, Flat())], name=name)
+    if name == "attnlrp":
+        # AttnLRP (Achtibat et al. 2024) as LXT's efficient mode computes it: the plain
+        # gradient (LRP-0, no stabiliser) on linear layers, ½ to each factor of products
+        return Composite([(CONV_TYPES + LINEAR_TYPES, Gradient())], name=name,
+                         product_rule="uniform", bilinear_rule="uniform")
+    if name == "cp_lrp":
+        # CP-LRP (Ali et al. 2022): attention probabilities and gates held constant
+        return Composite([(CONV_TYPES + LINEAR_TYPES, Gradient())], name=name,
+                         product_rule="constant", bilinear_rule="cp")
+    if name == "attnlrp_gamma":
+        # AttnLRP for vision transformers with γ on linear layers and convolutions
+        return Composite([(CONV_TYPES + LINEAR_TYPES, Gamma(0.25))], name=name,
+                         product_rule="uniform", bilinear_rule="uniform")
     raise ValueError(f"unknown composite {name!r}; presets: {', '.join(PRESETS)}")
 
 
 PRESETS = ("epsilon_gamma_box", "epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1",
-           "epsilon_alpha2_beta1_flat")
+           "epsilon_alpha2_beta1_flat", "attnlrp", "cp_lrp", "attnlrp_gamma")
+PRODUCT_RULES = ("constant", "uniform", "gradient")
+BILINEAR_RULES = ("uniform", "cp", "gradient")
 
 
 def get_composite(composite) -> Composite:

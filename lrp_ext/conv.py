@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from . import _checks
 
 __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box",
-           "ConvSpec", "conv_spec", "apply_spec"]
+           "ConvSpec", "LinearSpec", "conv_spec", "apply_spec", "rule_backward", "COEF_RULES"]
 
 _aten = torch.ops.aten
 _CONV_TYPES = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
@@ -357,6 +357,81 @@ def apply_spec(rule, R, a, spec: ConvSpec, *, output=None, nonneg=False, **param
     return globals()[rule](R, a, spec, **params)
 
 
+class LinearSpec(ConvSpec):
+    """A dense layer ``a Wᵀ + b`` as a :class:`ConvSpec` with no spatial dims (``a``: (N, I)),
+    so that the conv rule bodies serve Linear layers too."""
+
+    __slots__ = ()
+
+    def __init__(self, weight, bias):
+        super().__init__(weight, bias, (), (), (), False, (), 1, 0)
+
+    def with_params(self, weight, bias):
+        return LinearSpec(weight, bias)
+
+    def fwd(self, x, weight, bias=None, groups=None):
+        return F.linear(x, weight, bias)
+
+    def bwd(self, grad, in_shape, weight, groups=None):
+        return grad.matmul(weight)
+
+
+_BODIES = {
+    "zero": lambda p: _epsilon_body(1e-9),
+    "epsilon": lambda p: _epsilon_body(p["epsilon"]),
+    "gamma": lambda p: _gamma_body(p["gamma"], p["stabilizer"]),
+    "alpha_beta": lambda p: _alpha_beta_body(p["alpha"], p["beta"], p["stabilizer"]),
+    "z_plus": lambda p: _alpha_beta_body(1.0, 0.0, p["stabilizer"]),
+    "flat": lambda p: _flat_body(p["stabilizer"]),
+    "w_square": lambda p: _w_square_body(p["stabilizer"]),
+    "z_box": lambda p: _z_box_body(p["stabilizer"]),
+}
+COEF_RULES = frozenset(("zero", "epsilon", "gamma", "alpha_beta", "z_plus"))
+
+
+def rule_backward(rule, R, a, spec: ConvSpec, *, output=None, nonneg=False, low=None,
+                  high=None, **params):
+    """One layer's rule for model-level code, on validated tensors (``a``: (N, C, *sp)).
+
+    For the rules of the form ``R_in = a⁺ ⊙ c⁺ + a⁻ ⊙ c⁻`` (``COEF_RULES``) returns the input
+    coefficients ``(c⁺, c⁻)`` (``c⁻`` None when ``a ≥ 0``); for flat, w² and z^B, whose
+    relevance is not a multiple of ``a``, returns ``(R_in, "relevance")``.  ``output`` is the
+    layer's forward output (reused by ε, γ, αβ), ``nonneg`` promises ``a ≥ 0``.
+    """
+    spec.known_nonneg = bool(nonneg)
+    body = _BODIES[rule](params)
+    coef = rule in COEF_RULES
+    with torch.no_grad():
+        extra = ()
+        if rule == "z_box":
+            low_, high_ = _checks.bounds(low, high, a)
+            extra = (low_.contiguous(), high_.contiguous())
+        ap = a
+        if spec.pre_pad is not None:  # constant padding only: other modes pad outside the op
+            pad, mode = spec.pre_pad
+            ap = F.pad(a, pad, mode=mode)
+            extra = tuple(F.pad(x, pad, mode=mode) for x in extra)
+        if coef:
+            out = body(R, ap, spec, output, coef=True)
+        elif body.needs_ones and spec.pre_pad is not None:
+            sp = tuple(a.shape[2:])
+            pad, mode = spec.pre_pad
+            out = (body(R, ap, spec, output, lambda c: F.pad(
+                torch.ones((1, c) + sp, dtype=a.dtype, device=a.device), pad, mode=mode)),)
+        else:
+            out = (body(R, ap, spec, output, *extra),)
+        if spec.pre_pad is not None:
+            pad = spec.pre_pad[0]
+            sl = [slice(None), slice(None)]
+            for d in range(spec.nd):
+                lft, rgt = pad[2 * (spec.nd - 1 - d)], pad[2 * (spec.nd - 1 - d) + 1]
+                sl.append(slice(lft, ap.shape[2 + d] - rgt))
+            out = tuple(None if t is None else t[tuple(sl)] for t in out)
+    if coef:
+        return out
+    return out[0], "relevance"
+
+
 def _hyper(stride, padding, dilation, groups, transposed, output_padding):
     return dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                 transposed=transposed, output_padding=output_padding)
@@ -370,11 +445,12 @@ def _nonneg(a):
 # rule bodies: (R, a, spec, output, ...) -> R_in, all inside no_grad
 # ---------------------------------------------------------------------------------------------
 def _epsilon_body(e):
-    def body(R, a, spec, z):
+    def body(R, a, spec, z, coef=False):
         if z is None:
             z = spec.fwd(a, spec.weight, spec.bias)
         s = R / _stab(z, e)
-        return a * spec.bwd(s, a.shape, spec.weight)
+        c = spec.bwd(s, a.shape, spec.weight)
+        return (c, None) if coef else a * c
     body.needs_ones = False
     return body
 
@@ -438,11 +514,13 @@ def _pm(a, spec, sw, nonneg, output, need_m=True):
     return y[:, :, 0], y[:, :, 1]
 
 
-def _backward_pm(cp, cn, a, spec, sw, nonneg):
+def _backward_pm(cp, cn, a, spec, sw, nonneg, coef=False):
     """``a⁺ ⊙ T(c⁺ on W⁺ + c⁻ on W⁻) + a⁻ ⊙ T(c⁻ on W⁺ + c⁺ on W⁻)``; ``cn`` may be None.
 
     ``cp`` is (N, g, O/g, *sp), or the stacked ``[c⁺; c⁻]`` buffer (N, g, 2, O/g, *sp) when
-    ``cn`` is ``"stacked"``.
+    ``cn`` is ``"stacked"``.  ``coef=True`` returns the input coefficients instead,
+    ``(T(...) for a⁺, T(...) for a⁻)`` (the second None when ``a ≥ 0``): the relevance is
+    ``a⁺ ⊙ first + a⁻ ⊙ second``.
     """
     N = a.shape[0]
     if isinstance(cn, str):
@@ -451,22 +529,25 @@ def _backward_pm(cp, cn, a, spec, sw, nonneg):
         G, kO = cp.reshape(N, -1, *cp.shape[3:]), 1
     if kO == 1:
         if nonneg:
-            return a.mul(spec.bwd(G, a.shape, sw.wp()))
+            c = spec.bwd(G, a.shape, sw.wp())
+            return (c, None) if coef else a.mul(c)
         x_shape = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
         y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[sw.wp(), sw.wn()]])), 2)
-        ag = spec.grouped(a)
-        return (ag.clamp(min=0) * y[:, :, 0] + ag.clamp(max=0) * y[:, :, 1]).reshape(a.shape)
-    if nonneg:
-        return spec.bwd(G, a.shape, sw.pm()).mul_(a)
-    Wp, Wn = sw.wp(), sw.wn()
-    x_shape = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
-    y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[Wp, Wn], [Wn, Wp]])), 2)
+    elif nonneg:
+        c = spec.bwd(G, a.shape, sw.pm())
+        return (c, None) if coef else c.mul_(a)
+    else:
+        Wp, Wn = sw.wp(), sw.wn()
+        x_shape = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
+        y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[Wp, Wn], [Wn, Wp]])), 2)
+    if coef:
+        return y[:, :, 0].reshape(a.shape), y[:, :, 1].reshape(a.shape)
     ag = spec.grouped(a)
     return (ag.clamp(min=0) * y[:, :, 0] + ag.clamp(max=0) * y[:, :, 1]).reshape(a.shape)
 
 
 def _gamma_body(gam, e):
-    def body(R, a, spec, z):
+    def body(R, a, spec, z, coef=False):
         nonneg = spec.known_nonneg or _nonneg(a)
         sw = _SignedWeights(spec)
         if nonneg:
@@ -503,13 +584,13 @@ def _gamma_body(gam, e):
             torch.mul(s, torch.where(pos, one, one_g), out=G[:, :, 1])
             del den, s, P
         del M
-        return _backward_pm(G, "stacked", a, spec, sw, nonneg)
+        return _backward_pm(G, "stacked", a, spec, sw, nonneg, coef)
     body.needs_ones = False
     return body
 
 
 def _alpha_beta_body(alpha, beta, e):
-    def body(R, a, spec, z):
+    def body(R, a, spec, z, coef=False):
         nonneg = spec.known_nonneg or _nonneg(a)
         need_m = beta != 0
         sw = _SignedWeights(spec)
@@ -523,7 +604,7 @@ def _alpha_beta_body(alpha, beta, e):
             if alpha != 1:
                 cp.mul_(alpha)
             del P
-            return _backward_pm(cp, None, a, spec, sw, nonneg)
+            return _backward_pm(cp, None, a, spec, sw, nonneg, coef)
         G = torch.empty((Rg.shape[0], Rg.shape[1], 2) + tuple(Rg.shape[2:]), dtype=R.dtype,
                         device=R.device)
         torch.div(Rg, P, out=G[:, :, 0])
@@ -531,7 +612,7 @@ def _alpha_beta_body(alpha, beta, e):
         torch.div(Rg, _stab(M, e), out=G[:, :, 1])
         G[:, :, 1].mul_(-beta)
         del P, M
-        return _backward_pm(G, "stacked", a, spec, sw, nonneg)
+        return _backward_pm(G, "stacked", a, spec, sw, nonneg, coef)
     body.needs_ones = False
     return body
 

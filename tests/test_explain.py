@@ -181,10 +181,19 @@ def test_bad_arguments():
         explain(model, x, target=1, composite=3)
     with pytest.raises(TypeError, match="x must be a floating tensor"):
         explain(model, x.long(), target=1, composite="epsilon_plus")
-    ln = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sequential(nn.LayerNorm(4)),
-                       nn.Linear(4, 2)).eval()
-    with pytest.raises(ValueError, match=r"module '2\.0' \(LayerNorm\) has parameters"):
-        explain(ln, torch.randn(2, 4), target=0, composite="epsilon_plus")
+    class PowP(nn.Module):  # an op with a parameter that no rule covers
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x):
+            return x.abs().pow(self.p)
+    bad = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sequential(PowP()), nn.Linear(4, 2)).eval()
+    with pytest.raises(ValueError, match=r"'pow' with parameter\(s\) of module '2\.0' \(PowP\) "
+                                         r"in module '2\.0' \(PowP\): no LRP rule covers it"):
+        explain(bad, torch.randn(2, 4), target=0, composite="epsilon_plus")
+    with pytest.warns(RuntimeWarning, match="took their plain gradient"):
+        explain(bad, torch.randn(2, 4), target=0, composite="epsilon_plus", strict=False)
     bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     with pytest.raises(ValueError, match=r"'1' \(BatchNorm1d\) is in training mode"):
         explain(bn, torch.randn(2, 4), target=0, composite="epsilon_plus")
@@ -198,8 +207,16 @@ def test_bad_arguments():
             if x.sum() > 0:
                 return self.fc(x)
             return -self.fc(x)
-    with pytest.raises(TypeError, match="torch.fx cannot trace Untraceable"):
-        explain(Untraceable(), torch.randn(2, 4), target=0, composite="epsilon_plus")
+    # data-dependent control flow runs as the model runs it
+    m = Untraceable().double().eval()
+    for sign in (1.0, -1.0):
+        x = sign * torch.rand(2, 4, dtype=torch.float64) + sign * 0.1
+        o = m(x)
+        R = torch.zeros_like(o)
+        R[:, 0] = o[:, 0]
+        want = dref.epsilon(R, x, m.fc.weight, m.fc.bias)  # -z carries the relevance of z
+        got = explain(m, x, target=0, composite="epsilon_plus")
+        torch.testing.assert_close(got, want)
 
 
 def test_custom_composite_missing_rule_and_bad_rule():

@@ -1,0 +1,918 @@
+"""One handler per op kind: the rules of the engine, and the dispatch that picks them.
+
+``dispatch(rec, func, args, kwargs)`` runs for every torch function of the explained forward.
+Ops without an input-dependent tensor run unchanged.  Ops with a handler in ``HANDLERS``
+(layers, BatchNorm, activations, products, bilinear contractions, norms, attention) return
+their value connected to their inputs through a :class:`~._frame.RuleFn` whose backward is the
+rule in the gradient×input frame.  Every other op runs unchanged and keeps its plain gradient,
+which is exact in this frame for what moves, copies, sums or rescales values; an op with
+parameters or with several dependent inputs that no handler covers is reported (an error, or
+with ``strict=False`` the plain gradient and one warning).
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from .. import conv as _conv
+from .. import canonize as _canon
+from .. import composite as _comp
+from ._frame import Subgraph, apply, safe_div
+from ._record import GATE, OTHER, REDUCE, Meta
+
+__all__ = ["dispatch", "HANDLERS", "UncoveredOp"]
+
+T = torch.Tensor
+HANDLERS: dict = {}
+
+
+class UncoveredOp(ValueError):
+    """An op that no rule covers (raised with ``strict=True``)."""
+
+
+def _funcs(*names, where=(torch, F, T)):
+    out = []
+    for n in names:
+        for mod in where:
+            f = getattr(mod, n, None)
+            if f is not None and f not in out:
+                out.append(f)
+    return out
+
+
+def register(*names, where=(torch, F, T)):
+    def deco(h):
+        for f in _funcs(*names, where=where):
+            HANDLERS[f] = h
+        return h
+    return deco
+
+
+def _name(func):
+    n = getattr(func, "__name__", None) or repr(func)
+    q = getattr(func, "__qualname__", n)
+    return q if q.startswith("Tensor.") or q.startswith("_TensorBase.") else n
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch
+# ---------------------------------------------------------------------------------------------
+def _deps(rec, args, kwargs):
+    found = []
+    seen = set()
+
+    def visit(v):
+        if isinstance(v, T):
+            if id(v) not in seen and rec.meta(v) is not None:
+                seen.add(id(v))
+                found.append(v)
+        elif isinstance(v, (list, tuple)):
+            for u in v:
+                if isinstance(u, T) and id(u) not in seen and rec.meta(u) is not None:
+                    seen.add(id(u))
+                    found.append(u)
+    for v in args:
+        visit(v)
+    for v in kwargs.values():
+        visit(v)
+    return found
+
+
+def _inplace(func, kwargs):
+    n = getattr(func, "__name__", "")
+    return (n.endswith("_") and not n.endswith("__")) or n in _IADD or kwargs.get("inplace") is True
+
+
+_IADD = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__setitem__", "__ior__", "__iand__",
+         "__ipow__", "__idiv__"}
+
+_LIKE = set(_funcs("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+                   "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor",
+                   "size", "dim", "numel", "is_floating_point", "is_contiguous", "stride"))
+# ops whose later tensor arguments give only a shape or dtype
+_FIRST_ONLY = set(_funcs("expand_as", "view_as", "reshape_as", "type_as", "broadcast_to"))
+# ops that combine several dependent tensors by moving, selecting or summing values
+_MULTI_SAFE = set(_funcs(
+    "add", "add_", "sub", "sub_", "subtract", "rsub", "cat", "concat", "concatenate", "stack",
+    "hstack", "vstack", "dstack", "where", "maximum", "minimum", "fmax", "fmin", "copy_",
+    "index_put", "index_put_", "masked_scatter", "scatter", "scatter_", "scatter_add",
+    "scatter_add_", "index_add", "index_add_", "index_copy", "index_copy_", "lerp", "__add__",
+    "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__", "__setitem__", "masked_fill",
+    "masked_fill_", "broadcast_tensors", "block_diag", "diag_embed", "__getitem__", "index_select",
+    "gather", "take_along_dim", "max", "min", "sum", "mean"))
+# ops that may take a parameter as an elementwise scale or shift (affine: linear in the input)
+_PARAM_SAFE = set(_funcs(
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__radd__",
+    "__iadd__", "__sub__", "__rsub__", "__isub__", "__mul__", "__rmul__", "__imul__",
+    "__truediv__", "__itruediv__", "where", "cat", "stack", "expand_as", "type_as", "addcmul",
+    "masked_fill", "__getitem__", "__setitem__", "copy_", "lerp", "maximum", "minimum"))
+# elementwise ops that keep a tensor's elementwise root
+_AFFINE = set(_funcs("neg", "negative", "__neg__", "positive", "__pos__", "add", "add_", "sub",
+                     "sub_", "subtract", "rsub", "__add__", "__radd__", "__iadd__", "__sub__",
+                     "__rsub__", "__isub__", "mul", "mul_", "multiply", "__mul__", "__rmul__",
+                     "__imul__", "div", "div_", "divide", "true_divide", "__truediv__",
+                     "__itruediv__"))
+_SAME = set(_funcs("to", "type", "float", "double", "half", "bfloat16", "contiguous", "clone",
+                   "dropout", "type_as", "requires_grad_", "alpha_dropout", "feature_alpha_dropout",
+                   "dropout1d", "dropout2d", "dropout3d"))
+_GATES = set(_funcs("sigmoid", "sigmoid_", "tanh", "tanh_", "hardsigmoid", "softmax",
+                    "_softmax"))
+_UNARY = set(_funcs("exp", "exp_", "log", "log_", "log1p", "expm1", "sqrt", "sqrt_", "rsqrt",
+                    "rsqrt_", "reciprocal", "reciprocal_", "pow", "pow_", "__pow__", "square",
+                    "sin", "cos", "abs", "abs_", "erf", "erfc", "clamp", "clamp_", "clip",
+                    "clamp_min", "clamp_max", "sign", "floor", "ceil", "round", "exp2", "log2",
+                    "tan", "atan", "sinh", "cosh", "sigmoid", "tanh", "sigmoid_", "tanh_"))
+_REDUCE = set(_funcs("mean", "sum", "var", "std", "norm", "amax", "amin", "logsumexp", "nansum",
+                     "nanmean", "prod", "var_mean", "std_mean")) | {torch.linalg.vector_norm,
+                                                                    torch.linalg.norm}
+_VIEWLIKE = set(_funcs("view", "reshape", "flatten", "unflatten", "permute", "transpose",
+                       "squeeze", "unsqueeze", "contiguous", "clone", "max_pool1d", "max_pool2d",
+                       "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+                       "adaptive_max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+                       "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+                       "dropout", "__getitem__", "narrow", "select", "to", "float"))
+
+
+def _tensors_out(out):
+    if isinstance(out, T):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for t in out if isinstance(t, T)]
+    return []
+
+
+def _mark_out(rec, out, meta_fn):
+    for t in _tensors_out(out):
+        if t.is_floating_point() or t.is_complex():
+            rec.mark(t, meta_fn())
+
+
+def _protect(rec, t):
+    """``t`` is about to change in place: layers that keep it as their output take a copy."""
+    ents = rec.kept.pop(id(t), None)
+    if ents:
+        copy = t.detach().clone()
+        for ref, node, attr in ents:
+            if ref() is t and getattr(node, attr, None) is not None:
+                setattr(node, attr, copy)
+
+
+def uncovered(rec, what, how):
+    msg = f"explain: {what} in {rec.where()}: no LRP rule covers it; {how}"
+    if rec.strict:
+        raise UncoveredOp(msg + " (or pass strict=False to use its plain gradient)")
+    if msg not in rec.uncovered:
+        rec.uncovered.append(msg)
+
+
+def dispatch(rec, func, args, kwargs):
+    if func in _LIKE:
+        return func(*args, **kwargs)
+    deps = _deps(rec, args, kwargs)
+    if not deps:
+        return func(*args, **kwargs)
+    for d in deps:  # uses of layer outputs (BatchNorm merging needs a sole use)
+        ent = rec.layer_out.get(id(d))
+        if ent is not None and ent[0]() is d:
+            ent[1].uses += 1
+    if _inplace(func, kwargs) and args and isinstance(args[0], T):
+        _protect(rec, args[0])
+    h = HANDLERS.get(func)
+    if h is not None:
+        out = h(rec, func, args, kwargs, deps)
+        if out is not NotImplemented:
+            return out
+    return default(rec, func, args, kwargs, deps)
+
+
+def default(rec, func, args, kwargs, deps):
+    if func in _FIRST_ONLY:
+        first = args[0] if args else None
+        deps = [d for d in deps if d is first]
+        if not deps:
+            return func(*args, **kwargs)
+    params = [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.nn.Parameter)]
+    if params and func not in _PARAM_SAFE:
+        owner = rec.owner.get(id(params[0]))
+        what = f"'{_name(func)}' with parameter(s) of module {_owner_str(owner)}"
+        uncovered(rec, what, "wrap it in a Linear/conv layer, or map its module to a rule")
+    elif len(deps) >= 2 and func not in _MULTI_SAFE and func not in _PARAM_SAFE:
+        uncovered(rec, f"'{_name(func)}' of {len(deps)} input-dependent tensors",
+                  "give the product rule in the composite (Composite(product_rule=...) or "
+                  "bilinear_rule=...)")
+    out = func(*args, **kwargs)
+    m0 = rec.meta(deps[0])
+    inplace = _inplace(func, kwargs)
+    if func in _SAME and len(deps) == 1:
+        meta = m0
+    elif func in _AFFINE and len(deps) == 1:
+        meta = Meta(m0.root, m0.kind, m0.nonlin, m0.linear, False)
+    elif func in _AFFINE and len(deps) == 2:
+        m1 = rec.meta(deps[1])
+        if m0.root is m1.root:
+            meta = Meta(m0.root, OTHER, m0.nonlin or m1.nonlin, m0.linear and m1.linear)
+        else:
+            meta = Meta()
+    elif func in _UNARY and len(deps) == 1:
+        kind = REDUCE if m0.kind == REDUCE else (GATE if func in _GATES else OTHER)
+        meta = Meta(m0.root, kind, True, False)
+    elif func in _REDUCE:
+        meta = Meta(kind=REDUCE, nonlin=True)
+    elif func in _VIEWLIKE and len(deps) == 1:
+        meta = Meta(kind=m0.kind, nonlin=m0.nonlin, nonneg=m0.nonneg)
+    else:
+        meta = Meta()
+    if inplace:
+        rec.mark(args[0], meta)
+        return out
+    _mark_out(rec, out, lambda: meta)
+    return out
+
+
+def _owner_str(owner):
+    if owner is None:
+        return "an unnamed tensor"
+    name, mod = owner
+    return f"'{name}' ({type(mod).__name__})"
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments
+# ---------------------------------------------------------------------------------------------
+def _bind(names, args, kwargs, defaults):
+    out = dict(defaults)
+    for n, v in zip(names, args):
+        out[n] = v
+    for n, v in kwargs.items():
+        out[n] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# layers: Linear, conv, addmm, matmul with a weight
+# ---------------------------------------------------------------------------------------------
+class LayerNode:
+    """A Linear/conv layer: its rule's coefficients are the backward."""
+
+    def __init__(self, rec, rule, spec, a, z, name, module, nonneg):
+        self.rec, self.rule, self.spec = rec, rule, spec
+        self.a, self.z, self.name, self.module = a, z, name, module
+        self.nonneg = nonneg
+        self.uses = 0
+        self.bn = None  # the BatchNorm node merged into this layer (decided at backward)
+
+    def backward(self, g):
+        rec, rule = self.rec, self.rule
+        a, spec, z = self.a, self.spec, self.z
+        if self.bn is not None:
+            z = self.bn.y
+            W, b = _canon.merge_affine(spec.weight, spec.bias, self.bn.scale, self.bn.shift,
+                                       spec.transposed, spec.groups)
+            spec = spec.with_params(W, b)
+        if isinstance(spec, _conv.LinearSpec):
+            shape = a.shape
+            a2 = a.reshape(-1, shape[-1])
+            z2 = z.reshape(-1, z.shape[-1])
+            g2 = g.reshape(-1, z.shape[-1])
+        else:
+            shape = a.shape
+            unb = a.dim() == spec.nd + 1
+            a2, z2, g2 = (a.unsqueeze(0), z.unsqueeze(0), g.unsqueeze(0)) if unb else (a, z, g)
+        if rule.name == "gradient":
+            gin = spec.bwd(g2, a2.shape, spec.weight)
+            self.a = self.z = None
+            return (gin.reshape(shape),)
+        params = dict(rule.params)
+        low = high = None
+        if rule.name == "z_box":
+            low = params.pop("low")
+            high = params.pop("high")
+            low = rec.low if low is None else low
+            high = rec.high if high is None else high
+        R = z2 * g2
+        res = _conv.rule_backward(rule.name, R, a2, spec, output=z2, nonneg=self.nonneg,
+                                  low=low, high=high, **params)
+        self.a = self.z = None
+        if res[1] == "relevance":
+            Rin = res[0].reshape(shape)
+            key = rec.inputs.get(id(a))
+            if key is not None:
+                rec.direct[key] = Rin if key not in rec.direct else rec.direct[key] + Rin
+                return (torch.zeros_like(Rin),)
+            return (safe_div(Rin, a),)
+        cp, cn = res
+        gin = cp if cn is None else torch.where(a2 < 0, cn, cp)
+        return (gin.reshape(shape),)
+
+
+def _rule_for(rec, owner, kind_type, first_ok=True):
+    comp = rec.comp
+    name, mod = owner if owner is not None else (None, None)
+    first = False
+    if first_ok and not rec.first_done:
+        if comp.first_rule_type(type(mod) if mod is not None else kind_type, kind_type) \
+                is not None:
+            first = rec.first_done = True
+    rule = comp.rule_for_type(name, type(mod) if mod is not None else None, kind_type, first)
+    if rule is None:
+        raise ValueError(f"explain: no rule of composite {comp.name!r} covers layer "
+                         f"{_owner_str(owner) if owner else 'an unnamed ' + kind_type.__name__}")
+    if not (rule.layer or rule.name == "gradient"):
+        raise ValueError(f"explain: rule {rule!r} cannot be used for layer {_owner_str(owner)}")
+    if rule.name == "z_box" and (rule.params["low"] is None or rule.params["high"] is None) \
+            and (rec.low is None or rec.high is None):
+        raise ValueError(f"explain: composite {comp.name!r} applies the z_box rule to layer "
+                         f"{_owner_str(owner)} and needs low and high (the lowest and highest "
+                         "input values), e.g. low=-3.0, high=3.0")
+    return rule
+
+
+def _layer(rec, x, W, spec, kind_type, value):
+    """``value`` = the layer's output for input ``x``; ``W``: the tensor naming its module."""
+    owner = rec.owner.get(id(W))
+    rule = _rule_for(rec, owner, kind_type)
+    m = rec.meta(x)
+    node = LayerNode(rec, rule, spec, x.detach(), value, owner[0] if owner else None,
+                     owner[1] if owner else None, bool(m is not None and m.nonneg))
+    out = apply(node, [x], value)
+    node.z = out.detach()
+    rec.mark(out, Meta())
+    rec.layer_out[id(out)] = (weakref.ref(out), node)
+    rec.keep(x, node, "a")
+    rec.keep(out, node, "z")
+    return out
+
+
+@register("linear", where=(F, torch._C._nn))
+def h_linear(rec, func, args, kwargs, deps):
+    p = _bind(("input", "weight", "bias"), args, kwargs, {"bias": None})
+    x, W, b = p["input"], p["weight"], p["bias"]
+    if rec.meta(W) is not None or (b is not None and rec.meta(b) is not None) or \
+            rec.meta(x) is None:
+        return h_bilinear(rec, func, args, kwargs, deps)
+    with torch.no_grad():
+        value = func(*args, **kwargs)
+    return _layer(rec, x, W, _conv.LinearSpec(W.detach(), None if b is None else b.detach()),
+                  torch.nn.Linear, value)
+
+
+@register("addmm")
+def h_addmm(rec, func, args, kwargs, deps):
+    p = _bind(("input", "mat1", "mat2"), args, kwargs, {"beta": 1, "alpha": 1})
+    b, x, W = p["input"], p["mat1"], p["mat2"]
+    if p["beta"] != 1 or p["alpha"] != 1 or rec.meta(x) is None or rec.meta(W) is not None \
+            or rec.meta(b) is not None or b.dim() != 1:
+        return NotImplemented
+    with torch.no_grad():
+        value = func(*args, **kwargs)
+    return _layer(rec, x, W, _conv.LinearSpec(W.detach().t(), b.detach()), torch.nn.Linear,
+                  value)
+
+
+@register("matmul", "mm", "__matmul__", "bmm")
+def h_matmul(rec, func, args, kwargs, deps):
+    a, b = args[0], args[1]
+    da, db = rec.meta(a) is not None, rec.meta(b) is not None
+    if da and db:
+        return h_bilinear(rec, func, args, kwargs, deps)
+    if da and b.dim() == 2 and a.dim() >= 1 and func is not torch.bmm:
+        with torch.no_grad():
+            value = func(a, b)
+        return _layer(rec, a, b, _conv.LinearSpec(b.detach().t(), None), torch.nn.Linear, value)
+    return _generic_linear(rec, func, args, kwargs, deps)
+
+
+@register("__rmatmul__")
+def h_rmatmul(rec, func, args, kwargs, deps):
+    return h_matmul(rec, torch.matmul, (args[1], args[0]), {}, deps)
+
+
+@register("einsum")
+def h_einsum(rec, func, args, kwargs, deps):
+    ops = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else args[1]
+    dep_ops = [o for o in ops if isinstance(o, T) and rec.meta(o) is not None]
+    if len(dep_ops) >= 2:
+        return h_bilinear(rec, func, args, kwargs, deps)
+    return _generic_linear(rec, func, args, kwargs, deps)
+
+
+class SubgraphNode:
+    """Backward = the op's own vector-Jacobian product, scaled per input."""
+
+    def __init__(self, sub, scales, pre=None):
+        self.sub, self.scales, self.pre = sub, scales, pre
+
+    def backward(self, g):
+        if self.pre is not None:
+            g = self.pre(g)
+        got = self.sub.grad(g)
+        return tuple(v * s if s != 1 else v for v, s in zip(got, self.scales))
+
+
+def _run_sub(rec, func, args, kwargs, inputs, scales, pre=None, meta=None):
+    """``func`` over ``inputs`` (dependent tensors among args) in a private graph."""
+    ids = [id(t) for t in inputs]
+
+    def fn(*leaves):
+        lut = dict(zip(ids, leaves))
+
+        def sub(v):
+            if isinstance(v, T):
+                return lut.get(id(v), v)
+            if isinstance(v, (list, tuple)):
+                return type(v)(sub(u) for u in v)
+            return v
+        return func(*[sub(v) for v in args], **{k: sub(v) for k, v in kwargs.items()})
+    sub = Subgraph()
+    value = sub.run(fn, inputs)
+    node = SubgraphNode(sub, scales, pre)
+    out = apply(node, inputs, value)
+    rec.mark(out, meta or Meta())
+    return out
+
+
+def _generic_linear(rec, func, args, kwargs, deps):
+    """A contraction of one dependent tensor with constants: the ε rule through the op's own
+    transpose (``R = z ⊙ g``, ``g_in = Jᵀ(R / stab(z))``); other layer rules need a weight."""
+    params = [v for v in args if isinstance(v, T) and rec.meta(v) is None]
+    owner = next((rec.owner.get(id(p)) for p in params if id(p) in rec.owner), None)
+    rule = _rule_for(rec, owner, torch.nn.Linear, first_ok=False)
+    if rule.name not in ("epsilon", "zero", "gradient"):
+        uncovered(rec, f"'{_name(func)}' (a contraction with a constant tensor) under rule "
+                  f"{rule!r}", "only epsilon, zero and gradient apply to it; map it to one")
+        rule = _comp.Gradient()
+    e = {"epsilon": rule.params.get("epsilon", 0), "zero": 1e-9}.get(rule.name)
+    holder = {}
+
+    def pre(g):
+        if e is None:
+            return g
+        z = holder["z"]
+        return g * safe_div(z, _conv._stab(z, e))
+    out = _run_sub(rec, func, args, kwargs, deps, [1] * len(deps), pre)
+    holder["z"] = out.detach()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# convolutions
+# ---------------------------------------------------------------------------------------------
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONVT_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups",
+               "dilation")
+_CONV_TYPES = {(1, False): torch.nn.Conv1d, (2, False): torch.nn.Conv2d,
+               (3, False): torch.nn.Conv3d, (1, True): torch.nn.ConvTranspose1d,
+               (2, True): torch.nn.ConvTranspose2d, (3, True): torch.nn.ConvTranspose3d}
+
+
+def _conv_handler(nd, transposed):
+    names = _CONVT_ARGS if transposed else _CONV_ARGS
+    defaults = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1,
+                "output_padding": 0}
+
+    def h(rec, func, args, kwargs, deps):
+        p = _bind(names, args, kwargs, defaults)
+        x, W, b = p["input"], p["weight"], p["bias"]
+        if rec.meta(x) is None or rec.meta(W) is not None or \
+                (b is not None and rec.meta(b) is not None):
+            return h_bilinear(rec, func, args, kwargs, deps)
+        with torch.no_grad():
+            value = func(*args, **kwargs)
+        spec = _conv.conv_spec(W.detach(), None if b is None else b.detach(), stride=p["stride"],
+                               padding=p["padding"], dilation=p["dilation"], groups=p["groups"],
+                               transposed=transposed, output_padding=p["output_padding"])
+        return _layer(rec, x, W, spec, _CONV_TYPES[(nd, transposed)], value)
+    return h
+
+
+for _nd in (1, 2, 3):
+    for _f in _funcs(f"conv{_nd}d", where=(torch, F)):
+        HANDLERS[_f] = _conv_handler(_nd, False)
+    for _f in _funcs(f"conv_transpose{_nd}d", where=(torch, F)):
+        HANDLERS[_f] = _conv_handler(_nd, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm: merged into the layer before it, or an affine layer with the ε rule
+# ---------------------------------------------------------------------------------------------
+class BatchNormNode:
+    def __init__(self, rec, rule, layer, scale, shift, canonize):
+        self.rec, self.rule, self.layer = rec, rule, layer
+        self.scale, self.shift, self.canonize = scale, shift, canonize
+        self.x = self.y = None
+
+    def backward(self, g):
+        L = self.layer
+        shape = (1, -1) + (1,) * (g.dim() - 2) if g.dim() >= 2 else (-1,)
+        if L is not None and self.canonize and L.uses == 1 and L.rule.name != "gradient" \
+                and L.z is not None:
+            L.bn = self
+            return (g,)
+        s = self.scale.reshape(shape)
+        name = self.rule.name
+        y, x = self.y, self.x
+        self.x = self.y = None
+        if name == "pass":
+            return (g * safe_div(y, x),)
+        if name == "gradient":
+            return (g * s,)
+        e = self.rule.params.get("epsilon", 1e-6) if name == "epsilon" else 1e-9
+        return (s * g * safe_div(y, _conv._stab(y, e)),)
+
+
+@register("batch_norm", where=(F,))
+def h_batch_norm(rec, func, args, kwargs, deps):
+    p = _bind(("input", "running_mean", "running_var", "weight", "bias", "training",
+               "momentum", "eps"), args, kwargs,
+              {"running_mean": None, "running_var": None, "weight": None, "bias": None,
+               "training": False, "momentum": 0.1, "eps": 1e-5})
+    x = p["input"]
+    if rec.meta(x) is None or any(rec.meta(p[k]) is not None for k in ("weight", "bias")
+                                  if p[k] is not None):
+        return NotImplemented
+    owner = None
+    for k in ("weight", "running_mean", "bias", "running_var"):
+        if p[k] is not None and id(p[k]) in rec.owner:
+            owner = rec.owner[id(p[k])]
+            break
+    if p["training"] or p["running_mean"] is None:
+        raise ValueError(f"explain: module {_owner_str(owner)} is in training mode (batch statistics); "
+                         "call model.eval() first (explain evaluates the model as in "
+                         "inference)")
+    with torch.no_grad():
+        value = func(*args, **kwargs)
+        scale, shift = _canon.bn_scale_shift(p["running_mean"], p["running_var"], p["weight"],
+                                             p["bias"], p["eps"])
+    ent = rec.layer_out.get(id(x))
+    layer = ent[1] if ent is not None and ent[0]() is x else None
+    mod = owner[1] if owner else None
+    rule = rec.comp.rule_for_type(owner[0] if owner else None,
+                                  type(mod) if mod is not None else None,
+                                  torch.nn.BatchNorm2d, False)
+    if rule is None:
+        rule = _comp.Epsilon()
+    node = BatchNormNode(rec, rule, layer, scale, shift, rec.canonize)
+    node.x = x.detach()
+    out = apply(node, [x], value)
+    node.y = out.detach()
+    rec.mark(out, Meta())
+    rec.keep(x, node, "x")
+    rec.keep(out, node, "y")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise activations: the identity rule, g_in = g · y / x
+# ---------------------------------------------------------------------------------------------
+class RatioNode:
+    def __init__(self, ratio):
+        self.ratio = ratio
+
+    def backward(self, g):
+        r, self.ratio = self.ratio, None
+        return (g * r,)
+
+
+_RELU = set(_funcs("relu", "relu_", "leaky_relu", "leaky_relu_"))
+_NONNEG = set(_funcs("relu", "relu_", "relu6", "hardsigmoid", "sigmoid", "sigmoid_", "softplus"))
+
+
+def h_activation(rec, func, args, kwargs, deps):
+    x = args[0] if args else kwargs.get("input")
+    if not isinstance(x, T) or rec.meta(x) is None or len(deps) != 1:
+        return NotImplemented
+    m = rec.meta(x)
+    kind = REDUCE if m.kind == REDUCE else (GATE if func in _GATES else OTHER)
+    meta = Meta(m.root, kind, True, False, func in _NONNEG)
+    if func in _RELU:  # homogeneous: y / x is the gradient
+        out = func(*args, **kwargs)
+        rec.mark(out, meta)
+        return out
+    inplace = _inplace(func, kwargs)
+    if inplace:
+        kw = dict(kwargs)
+        kw.pop("inplace", None)
+        name = func.__name__
+        base = getattr(type(x), name[:-1], None) if name.endswith("_") else None
+        base_f = base or func
+        new = _activation_value(rec, base_f, (x.clone(),) + tuple(args[1:]),
+                                kw if base is None else kw, meta)
+        x.copy_(new)
+        rec.mark(x, meta)
+        return x
+    return _activation_value(rec, func, args, kwargs, meta)
+
+
+def _activation_value(rec, func, args, kwargs, meta):
+    x = args[0] if args else kwargs["input"]
+    with torch.no_grad():
+        value = func(*args, **kwargs)
+        ratio = safe_div(value, x)
+    out = apply(RatioNode(ratio), [x], value)
+    rec.mark(out, meta)
+    return out
+
+
+for _f in _funcs("relu", "relu_", "leaky_relu", "leaky_relu_", "gelu", "silu", "elu", "elu_",
+                 "selu", "selu_", "celu", "celu_", "softplus", "mish", "hardswish",
+                 "hardsigmoid", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardtanh", "hardtanh_",
+                 "relu6", "logsigmoid", "softsign", "tanhshrink", "softshrink", "hardshrink",
+                 "threshold", "threshold_", "prelu", "rrelu", "rrelu_", "glu"):
+    if _f not in (torch.nn.functional.glu,):
+        HANDLERS[_f] = h_activation
+
+
+# ---------------------------------------------------------------------------------------------
+# products of two dependent tensors
+# ---------------------------------------------------------------------------------------------
+class ProductNode:
+    def __init__(self, a, b, wa, wb, divide=False):
+        self.a, self.b, self.wa, self.wb, self.divide = a, b, wa, wb, divide
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        self.a = self.b = None
+        if self.divide:
+            ga = (g / b).sum_to_size(a.shape) if self.wa else None
+            return (ga, None)
+        ga = (g * b * self.wa).sum_to_size(a.shape) if self.wa else None
+        gb = (g * a * self.wb).sum_to_size(b.shape) if self.wb else None
+        return ga, gb
+
+
+def _product_weights(rec, ma, mb, what):
+    """(weight of a, weight of b) for the product ``a ⊙ b`` of two dependent tensors."""
+    if ma.root is mb.root:  # an activation's own arithmetic: hold the nonlinear factor
+        return (0.0, 1.0) if (not ma.linear and mb.linear) else (1.0, 0.0)
+    if mb.kind == REDUCE and ma.kind != REDUCE:  # a normalisation factor is held constant
+        return (1.0, 0.0)
+    if ma.kind == REDUCE and mb.kind != REDUCE:
+        return (0.0, 1.0)
+    rule = rec.comp.product_rule
+    if rule == "uniform":
+        return (0.5, 0.5)
+    if rule == "gradient":
+        return (1.0, 1.0)
+    ga, gb = ma.kind == GATE, mb.kind == GATE
+    if gb != ga:
+        return (1.0, 0.0) if gb else (0.0, 1.0)
+    if ma.nonlin != mb.nonlin:
+        return (1.0, 0.0) if mb.nonlin else (0.0, 1.0)
+    uncovered(rec, f"{what} of two input-dependent tensors, neither of which is a gate",
+              "choose Composite(product_rule='uniform' or 'gradient')")
+    return (1.0, 1.0)
+
+
+@register("mul", "mul_", "multiply", "__mul__", "__rmul__", "__imul__")
+def h_mul(rec, func, args, kwargs, deps):
+    if len(args) < 2 or not all(isinstance(v, T) for v in args[:2]) or len(deps) != 2:
+        return NotImplemented
+    a, b = args[0], args[1]
+    ma, mb = rec.meta(a), rec.meta(b)
+    wa, wb = _product_weights(rec, ma, mb, f"'{_name(func)}'")
+    if ma.root is mb.root:
+        meta = Meta(ma.root, OTHER, True, False)
+    else:
+        meta = Meta()
+    inplace = _inplace(func, kwargs)
+    with torch.no_grad():
+        value = a * b
+    node = ProductNode(a.detach().clone() if inplace else a.detach(), b.detach(), wa, wb)
+    out = apply(node, [a, b], value)
+    if not inplace:
+        rec.keep(a, node, "a")
+    rec.keep(b, node, "b")
+    if inplace:
+        a.copy_(out)
+        rec.mark(a, meta)
+        return a
+    rec.mark(out, meta)
+    return out
+
+
+@register("div", "div_", "divide", "true_divide", "__truediv__", "__itruediv__")
+def h_div(rec, func, args, kwargs, deps):
+    if len(args) < 2 or not all(isinstance(v, T) for v in args[:2]) or len(deps) != 2 or \
+            kwargs.get("rounding_mode") is not None:
+        return NotImplemented
+    a, b = args[0], args[1]
+    inplace = _inplace(func, kwargs)
+    with torch.no_grad():
+        value = a / b
+    node = ProductNode(a.detach(), b.detach(), 1.0, 0.0, divide=True)
+    out = apply(node, [a, b], value)
+    rec.keep(b, node, "b")
+    ma = rec.meta(a)
+    meta = Meta(ma.root, OTHER, True, False) if rec.meta(b).root is ma.root else Meta()
+    if inplace:
+        a.copy_(out)
+        rec.mark(a, meta)
+        return a
+    rec.mark(out, meta)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# bilinear contractions of two dependent tensors (attention's q·kᵀ and A·v)
+# ---------------------------------------------------------------------------------------------
+def _bilinear_scales(rec, ma, mb, what):
+    rule = rec.comp.bilinear_rule
+    if rule == "uniform":
+        return [0.5, 0.5]
+    if rule == "gradient":
+        return [1.0, 1.0]
+    if rule == "cp":  # the attention probabilities (a softmax output) are held constant
+        ga, gb = ma.kind == GATE, mb.kind == GATE
+        if ga != gb:
+            return [0.0, 1.0] if ga else [1.0, 0.0]
+        return [0.0, 0.0]
+    uncovered(rec, f"{what} of two input-dependent tensors (attention?)",
+              "use a transformer composite ('attnlrp', 'cp_lrp') or "
+              "Composite(bilinear_rule='uniform'|'cp'|'gradient')")
+    return [1.0, 1.0]
+
+
+def h_bilinear(rec, func, args, kwargs, deps):
+    if len(deps) != 2:
+        return default(rec, func, args, kwargs, deps)
+    ma, mb = rec.meta(deps[0]), rec.meta(deps[1])
+    scales = _bilinear_scales(rec, ma, mb, f"'{_name(func)}'")
+    return _run_sub(rec, func, args, kwargs, deps, scales)
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax (AttnLRP's rule is its plain gradient in this frame) and attention
+# ---------------------------------------------------------------------------------------------
+@register("softmax", "_softmax")
+def h_softmax(rec, func, args, kwargs, deps):
+    out = func(*args, **kwargs)
+    rec.mark(out, Meta(kind=GATE, nonlin=True, nonneg=True))
+    return out
+
+
+@register("scaled_dot_product_attention", where=(F,))
+def h_sdpa(rec, func, args, kwargs, deps):
+    p = _bind(("query", "key", "value"), args, kwargs, {})
+    q, k, v = p["query"], p["key"], p["value"]
+    dq, dk, dv = (rec.meta(t) is not None for t in (q, k, v))
+    rule = rec.comp.bilinear_rule
+    if rule is None:
+        uncovered(rec, "'scaled_dot_product_attention'",
+                  "use a transformer composite ('attnlrp', 'cp_lrp') or "
+                  "Composite(bilinear_rule='uniform'|'cp'|'gradient')")
+        rule = "gradient"
+    sc = {"uniform": (0.25, 0.25, 0.5), "cp": (0.0, 0.0, 1.0), "gradient": (1.0, 1.0, 1.0)}[rule]
+    inputs = [t for t, d in zip((q, k, v), (dq, dk, dv)) if d]
+    scales = [s for s, d in zip(sc, (dq, dk, dv)) if d]
+    return _run_sub(rec, func, args, kwargs, inputs, scales)
+
+
+# ---------------------------------------------------------------------------------------------
+# LayerNorm / RMSNorm / GroupNorm: the identity rule (the std held constant)
+# ---------------------------------------------------------------------------------------------
+class NormNode:
+    def __init__(self, inv, w, dims, center, groups=None):
+        self.inv, self.w, self.dims, self.center, self.groups = inv, w, dims, center, groups
+
+    def backward(self, g):
+        gw = g if self.w is None else g * self.w
+        if self.groups is not None:
+            N, C = gw.shape[:2]
+            gg = gw.reshape(N, self.groups, -1)
+            if self.center:
+                gg = gg - gg.mean(-1, keepdim=True)
+            out = (gg * self.inv).reshape(gw.shape)
+        else:
+            if self.center:
+                gw = gw - gw.mean(self.dims, keepdim=True)
+            out = gw * self.inv
+        self.inv = self.w = None
+        return (out,)
+
+
+def _norm_value(rec, func, args, kwargs, x, node):
+    with torch.no_grad():
+        value = func(*args, **kwargs)
+    out = apply(node, [x], value)
+    rec.mark(out, Meta())
+    return out
+
+
+@register("layer_norm", where=(F, torch))
+def h_layer_norm(rec, func, args, kwargs, deps):
+    p = _bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs,
+              {"weight": None, "bias": None, "eps": 1e-5})
+    x = p["input"]
+    if rec.meta(x) is None or len(deps) != 1:
+        return NotImplemented
+    nd = len(tuple(p["normalized_shape"]))
+    dims = tuple(range(x.dim() - nd, x.dim()))
+    with torch.no_grad():
+        var = x.var(dims, unbiased=False, keepdim=True)
+        inv = torch.rsqrt(var + p["eps"])
+    w = None if p["weight"] is None else p["weight"].detach()
+    return _norm_value(rec, func, args, kwargs, x, NormNode(inv, w, dims, True))
+
+
+@register("rms_norm", where=(F, torch))
+def h_rms_norm(rec, func, args, kwargs, deps):
+    p = _bind(("input", "normalized_shape", "weight", "eps"), args, kwargs,
+              {"weight": None, "eps": None})
+    x = p["input"]
+    if rec.meta(x) is None or len(deps) != 1:
+        return NotImplemented
+    nd = len(tuple(p["normalized_shape"]))
+    dims = tuple(range(x.dim() - nd, x.dim()))
+    eps = p["eps"] if p["eps"] is not None else torch.finfo(x.dtype).eps
+    with torch.no_grad():
+        inv = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+    w = None if p["weight"] is None else p["weight"].detach()
+    return _norm_value(rec, func, args, kwargs, x, NormNode(inv, w, dims, False))
+
+
+@register("group_norm", where=(F, torch))
+def h_group_norm(rec, func, args, kwargs, deps):
+    p = _bind(("input", "num_groups", "weight", "bias", "eps"), args, kwargs,
+              {"weight": None, "bias": None, "eps": 1e-5})
+    x = p["input"]
+    if rec.meta(x) is None or len(deps) != 1:
+        return NotImplemented
+    G = int(p["num_groups"])
+    N, C = x.shape[:2]
+    with torch.no_grad():
+        xg = x.reshape(N, G, -1)
+        inv = torch.rsqrt(xg.var(-1, unbiased=False, keepdim=True) + p["eps"])
+    w = None if p["weight"] is None else p["weight"].detach().reshape(
+        (1, C) + (1,) * (x.dim() - 2))
+    return _norm_value(rec, func, args, kwargs, x, NormNode(inv, w, None, True, groups=G))
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout: eval mode only
+# ---------------------------------------------------------------------------------------------
+@register("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+          "feature_alpha_dropout", where=(F,))
+def h_dropout(rec, func, args, kwargs, deps):
+    p = _bind(("input", "p", "training", "inplace"), args, kwargs,
+              {"p": 0.5, "training": True, "inplace": False})
+    if p["training"] and p["p"] > 0:
+        raise ValueError(f"explain: dropout in {rec.where()} is in training mode; call "
+                         "model.eval() first (explain evaluates the model as in inference)")
+    return NotImplemented
+
+
+
+# ---------------------------------------------------------------------------------------------
+# proportional rules: average pooling and sums of dependent tensors (LRP's Norm rule,
+# ``R_in = a ⊙ Jᵀ(R / stab(y))``: in this frame the plain gradient of ``g · y / stab(y)``)
+# ---------------------------------------------------------------------------------------------
+def _module_rule(rec, types):
+    """The composite's rule for the module running now, when it is one of ``types``."""
+    if rec.module_stack:
+        name, mod = rec.module_stack[-1]
+        if isinstance(mod, types):
+            return rec.comp.rule_for(name, mod)
+    return None
+
+
+def _proportional(rec, func, args, kwargs, deps, e):
+    holder = {}
+
+    def pre(g):
+        y = holder["y"]
+        return g * safe_div(y, _conv._stab(y, e))
+    if deps is None:
+        deps = [v for v in args if isinstance(v, T) and rec.meta(v) is not None]
+    out = _run_sub(rec, func, args, kwargs, deps, [1.0] * len(deps), pre)
+    holder["y"] = out.detach()
+    return out
+
+
+@register("avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+          "adaptive_avg_pool3d", where=(F, torch, torch._C._nn))
+def h_avg_pool(rec, func, args, kwargs, deps):
+    rule = _module_rule(rec, _comp.AVGPOOL_TYPES) or _comp.Norm()
+    if rule.name != "norm" or len(deps) != 1:
+        return NotImplemented
+    return _proportional(rec, func, args, kwargs, deps, rule.params["stabilizer"])
+
+
+@register("add", "add_", "__add__", "__radd__", "__iadd__")
+def h_add(rec, func, args, kwargs, deps):
+    if len(deps) != 2 or "alpha" in kwargs or len(args) != 2:
+        return NotImplemented
+    rule = rec.comp.sum_rule
+    if rule.name != "norm" or rec.meta(deps[0]).root is rec.meta(deps[1]).root:
+        return NotImplemented  # a sum inside an activation's arithmetic keeps its lineage
+    e = rule.params["stabilizer"]
+    if _inplace(func, kwargs):
+        a = args[0]
+        c = a.clone()
+        rec.mark(c, rec.meta(a))
+        new = _proportional(rec, torch.add, (c, args[1]), {}, None, e)
+        a.copy_(new)
+        rec.mark(a, Meta())
+        return a
+    return _proportional(rec, func, args, kwargs, deps, e)
