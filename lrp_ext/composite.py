@@ -317,15 +317,15 @@ def _preset(name):
         # AttnLRP (Achtibat et al. 2024) as LXT's efficient mode computes it: the plain
         # gradient (LRP-0, no stabiliser) on linear layers, ½ to each factor of products
         return Composite([(CONV_TYPES + LINEAR_TYPES, Gradient())], name=name,
-                         product_rule="uniform", bilinear_rule="uniform")
+                         product_rule="uniform", bilinear_rule="uniform", sum_rule=Norm(0.0))
     if name == "cp_lrp":
         # CP-LRP (Ali et al. 2022): attention probabilities and gates held constant
         return Composite([(CONV_TYPES + LINEAR_TYPES, Gradient())], name=name,
-                         product_rule="constant", bilinear_rule="cp")
+                         product_rule="constant", bilinear_rule="cp", sum_rule=Norm(0.0))
     if name == "attnlrp_gamma":
         # AttnLRP for vision transformers with γ on linear layers and convolutions
         return Composite([(CONV_TYPES + LINEAR_TYPES, Gamma(0.25))], name=name,
-                         product_rule="uniform", bilinear_rule="uniform")
+                         product_rule="uniform", bilinear_rule="uniform", sum_rule=Norm(0.0))
     raise ValueError(f"unknown composite {name!r}; presets: {', '.join(PRESETS)}")
 
 

@@ -11,6 +11,7 @@ with ``strict=False`` the plain gradient and one warning).
 """
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -180,6 +181,8 @@ def dispatch(rec, func, args, kwargs):
     if _inplace(func, kwargs) and args and isinstance(args[0], T):
         _protect(rec, args[0])
     h = HANDLERS.get(func)
+    if h is None and getattr(func, "__name__", None) == "multi_head_attention_forward":
+        h = h_mha  # nn.MultiheadAttention's module calls it by another path
     if h is not None:
         out = h(rec, func, args, kwargs, deps)
         if out is not NotImplemented:
@@ -756,7 +759,7 @@ def h_softmax(rec, func, args, kwargs, deps):
 def h_sdpa(rec, func, args, kwargs, deps):
     p = _bind(("query", "key", "value"), args, kwargs, {})
     q, k, v = p["query"], p["key"], p["value"]
-    dq, dk, dv = (rec.meta(t) is not None for t in (q, k, v))
+    dq, dk, dv = ((rec.meta(t) is not None or t.requires_grad) for t in (q, k, v))
     rule = rec.comp.bilinear_rule
     if rule is None:
         uncovered(rec, "'scaled_dot_product_attention'",
@@ -894,8 +897,8 @@ def _proportional(rec, func, args, kwargs, deps, e):
           "adaptive_avg_pool3d", where=(F, torch, torch._C._nn))
 def h_avg_pool(rec, func, args, kwargs, deps):
     rule = _module_rule(rec, _comp.AVGPOOL_TYPES) or _comp.Norm()
-    if rule.name != "norm" or len(deps) != 1:
-        return NotImplemented
+    if rule.name != "norm" or len(deps) != 1 or rule.params["stabilizer"] == 0:
+        return NotImplemented  # without a stabiliser the proportional rule is the gradient
     return _proportional(rec, func, args, kwargs, deps, rule.params["stabilizer"])
 
 
@@ -904,7 +907,8 @@ def h_add(rec, func, args, kwargs, deps):
     if len(deps) != 2 or "alpha" in kwargs or len(args) != 2:
         return NotImplemented
     rule = rec.comp.sum_rule
-    if rule.name != "norm" or rec.meta(deps[0]).root is rec.meta(deps[1]).root:
+    if rule.name != "norm" or rule.params["stabilizer"] == 0 or \
+            rec.meta(deps[0]).root is rec.meta(deps[1]).root:
         return NotImplemented  # a sum inside an activation's arithmetic keeps its lineage
     e = rule.params["stabilizer"]
     if _inplace(func, kwargs):
@@ -916,3 +920,80 @@ def h_add(rec, func, args, kwargs, deps):
         rec.mark(a, Meta())
         return a
     return _proportional(rec, func, args, kwargs, deps, e)
+
+
+# ---------------------------------------------------------------------------------------------
+# nn.MultiheadAttention: its projections with their plain gradient (LRP-0), the attention
+# through SDPA with the composite's bilinear rule at (q, k, v)
+# ---------------------------------------------------------------------------------------------
+_MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
+             "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight",
+             "out_proj_bias", "training", "key_padding_mask", "need_weights", "attn_mask",
+             "use_separate_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+             "static_k", "static_v", "average_attn_weights", "is_causal")
+
+
+@register("multi_head_attention_forward", where=(F,))
+def h_mha(rec, func, args, kwargs, deps):
+    p = _bind(_MHA_ARGS, args, kwargs, {"training": True, "key_padding_mask": None,
+                                        "need_weights": True, "attn_mask": None,
+                                        "use_separate_proj_weight": False, "q_proj_weight": None,
+                                        "k_proj_weight": None, "v_proj_weight": None,
+                                        "static_k": None, "static_v": None,
+                                        "average_attn_weights": True, "is_causal": False})
+    if p["bias_k"] is not None or p["bias_v"] is not None or p["add_zero_attn"] or \
+            p["static_k"] is not None or p["static_v"] is not None or \
+            p["query"].dim() != 3:
+        return NotImplemented
+    if p["training"] and p["dropout_p"] > 0:
+        raise ValueError(f"explain: {rec.where()} is in training mode; call model.eval() first")
+    q, k, v = p["query"], p["key"], p["value"]
+    L, N, E = q.shape
+    S = k.shape[0]
+    H = int(p["num_heads"])
+    hd = E // H
+    if p["use_separate_proj_weight"]:
+        Wq, Wk, Wv = p["q_proj_weight"], p["k_proj_weight"], p["v_proj_weight"]
+    else:
+        Wq, Wk, Wv = p["in_proj_weight"].chunk(3)
+    bq = bk = bv = None
+    if p["in_proj_bias"] is not None:
+        bq, bk, bv = p["in_proj_bias"].chunk(3)
+
+    def heads(t, n):
+        return t.reshape(n, N, H, hd).permute(1, 2, 0, 3)
+    qh = heads(F.linear(q, Wq, bq), L)
+    kh = heads(F.linear(k, Wk, bk), S)
+    vh = heads(F.linear(v, Wv, bv), S)
+    mask = None
+    am, kpm = p["attn_mask"], p["key_padding_mask"]
+    if am is not None:
+        am = am.reshape(N, H, L, S) if am.dim() == 3 else am
+        mask = am.logical_not() if am.dtype == torch.bool else am
+    if kpm is not None:
+        km = kpm.reshape(N, 1, 1, S)
+        km = km.logical_not() if km.dtype == torch.bool else km
+        if mask is None:
+            mask = km
+        elif mask.dtype == torch.bool and km.dtype == torch.bool:
+            mask = mask & km
+        else:
+            to_f = (lambda m: torch.zeros(m.shape, dtype=qh.dtype, device=qh.device).masked_fill(
+                m.logical_not(), float("-inf")) if m.dtype == torch.bool else m)
+            mask = to_f(mask) + to_f(km)
+    sdpa_kw = {"attn_mask": mask, "is_causal": bool(p["is_causal"]) and mask is None}
+    att = h_sdpa(rec, F.scaled_dot_product_attention, (qh, kh, vh), sdpa_kw, [qh, kh, vh])
+    o = att.permute(2, 0, 1, 3).reshape(L, N, E)
+    out = F.linear(o, p["out_proj_weight"], p["out_proj_bias"])
+    rec.mark(out, Meta())
+    weights = None
+    if p["need_weights"]:
+        with torch.no_grad():
+            s = (qh @ kh.transpose(-1, -2)) / math.sqrt(hd)
+            if mask is not None:
+                s = s.masked_fill(mask.logical_not(), float("-inf")) if mask.dtype == torch.bool \
+                    else s + mask
+            weights = s.softmax(-1)
+            if p["average_attn_weights"]:
+                weights = weights.mean(1)
+    return out, weights
