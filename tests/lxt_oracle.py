@@ -2,6 +2,11 @@
 
     python tests/lxt_oracle.py MODEL_DIR OUT_FILE [MODEL_DIR OUT_FILE ...] --rule attnlrp|cp_lrp
 
+``--rule`` may be given twice (``--rule attnlrp --rule cp_lrp``); OUT_FILE then holds ``{rule}``,
+and each rule runs in a child forked after the imports (LXT's patches of the two rules cannot
+live in one process), in parallel.  A pair is skipped for a rule whose OUT_FILE is named in
+``--skip`` (e.g. a model LXT has no map for under that rule).
+
 Each MODEL_DIR is written by ``tests/_tiny_transformers.save`` (spec.json, state.pt, inputs.pt);
 the spec also holds ``target`` (the logit index), ``output`` ("last": ``logits[:, -1]``,
 "logits": ``logits``) and for the ViT ``gamma`` (None, or ``{"conv": g, "linear": g}`` for
@@ -128,12 +133,19 @@ def relevance(model, spec, inputs):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("paths", nargs="+", help="MODEL_DIR OUT_FILE pairs")
-    ap.add_argument("--rule", choices=sorted(MAP_NAME), required=True)
+    ap.add_argument("--rule", choices=sorted(MAP_NAME), required=True, action="append")
+    ap.add_argument("--skip", action="append", default=[], help="OUT_FILE not to write")
     args = ap.parse_args(argv)
     if len(args.paths) % 2:
         ap.error("MODEL_DIR OUT_FILE come in pairs")
+    rules = list(dict.fromkeys(args.rule))
+    if len(rules) > 1 and not all("{rule}" in o for o in args.paths[1::2]):
+        ap.error("with several --rule, every OUT_FILE must contain {rule}")
     jobs = list(zip(args.paths[::2], args.paths[1::2]))
     torch.set_num_threads(1)
+    # import everything the patch maps need before forking (shared by the children)
+    import lxt.efficient  # noqa: F401
+    import lxt.efficient.models  # noqa: F401
 
     import json
     specs = []
@@ -153,11 +165,42 @@ def main(argv=None):
         plain.append(_select(spec, out).detach())
         del model
 
-    patch_all(specs, args.rule)
-    for (d, out_file), before in zip(jobs, plain):
-        model, spec, inputs = T.load(d)  # classes looked up after patching
-        rel, y = relevance(model, spec, inputs)
-        torch.save({"relevance": rel, "output": y, "logits_unpatched": before}, out_file)
+    def run(rule):
+        todo = [(d, o.format(rule=rule), before, spec)
+                for (d, o), before, spec in zip(jobs, plain, specs)
+                if o.format(rule=rule) not in args.skip]
+        patch_all([t[3] for t in todo], rule)
+        for d, out_file, before, _ in todo:
+            model, spec, inputs = T.load(d)  # classes looked up after patching
+            rel, y = relevance(model, spec, inputs)
+            torch.save({"relevance": rel, "output": y, "logits_unpatched": before}, out_file)
+
+    if len(rules) == 1:
+        run(rules[0])
+        return
+    pids = {}
+    for rule in rules:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                run(rule)
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        pids[pid] = rule
+    failed = []
+    for pid, rule in pids.items():
+        _, status = os.waitpid(pid, 0)
+        if status:
+            failed.append(rule)
+    if failed:
+        raise SystemExit(f"lxt_oracle: rule(s) {', '.join(failed)} failed")
 
 
 if __name__ == "__main__":
