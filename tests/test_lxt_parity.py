@@ -354,3 +354,8 @@ def test_cp_and_attnlrp_differ(lxt):
             continue
         a, b = results[(case, "attnlrp")]["relevance"], results[(case, "cp_lrp")]["relevance"]
         assert _rel_err(a, b) > 1e-2, case
+
+
+def test_lxt_stays_out_of_this_process(lxt):
+    """LXT's patches are process-global: it must only ever run in the oracle's process."""
+    assert not any(m == "lxt" or m.startswith("lxt.") for m in sys.modules)
