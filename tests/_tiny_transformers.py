@@ -13,10 +13,6 @@ import os
 
 import torch
 
-# name -> (builder, attention implementations it is tested with)
-HF_MODELS = ("gpt2", "bert", "llama", "qwen2", "gemma3")
-
-
 def _randomize(model, seed, std=0.2):
     """Seeded normal weights everywhere (HF and torchvision init some weights to zero or 1,
     which would hide rule errors: zero heads give zero relevance, unit norms hide the affine
