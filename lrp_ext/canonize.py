@@ -7,14 +7,16 @@ is folded into the layer before the LRP rule sees it (``docs/rules.md``, "Other 
     W' = W · scale        (per output channel)
     b' = (b − running_mean) · scale + β        (b = 0 when the layer has no bias)
 
-:func:`merged_parameters` returns the new ``(W', b')`` tensors; :func:`find_batchnorm_merges`
-finds the (layer, BatchNorm) pairs in a ``torch.fx`` graph.
+:func:`merged_parameters` returns the new ``(W', b')`` tensors of a layer module and a
+BatchNorm module, :func:`merge_affine` those of any weight followed by a per-channel affine
+map (what ``explain`` uses once it knows that a layer's output feeds only its BatchNorm).
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["merged_parameters", "find_batchnorm_merges", "LAYER_TYPES", "BATCHNORM_TYPES"]
+__all__ = ["merged_parameters", "merge_affine", "bn_scale_shift", "mergeable", "LAYER_TYPES",
+           "BATCHNORM_TYPES"]
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
                torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
@@ -70,26 +72,3 @@ def merged_parameters(layer, bn, weight=None, bias=None):
     scale, shift = _bn_scale_shift(bn)
     transposed = isinstance(layer, torch.nn.modules.conv._ConvTransposeNd)
     return merge_affine(W, b, scale, shift, transposed, getattr(layer, "groups", 1))
-
-
-def find_batchnorm_merges(nodes, modules, depends) -> dict:
-    """``{layer_node: bn_node}`` for every BatchNorm ``call_module`` node whose only input is
-    the output of a Linear/conv ``call_module`` node used by nothing else."""
-    merges = {}
-    for node in nodes:
-        if node.op != "call_module" or node not in depends:
-            continue
-        bn = modules[node.target]
-        if not mergeable(bn) or len(node.args) != 1 or node.kwargs:
-            continue
-        prev = node.args[0]
-        if not isinstance(prev, torch.fx.Node) or prev.op != "call_module":
-            continue
-        if not isinstance(modules[prev.target], LAYER_TYPES) or len(prev.users) != 1:
-            continue
-        layer = modules[prev.target]
-        out_ch = layer.out_features if isinstance(layer, torch.nn.Linear) else layer.out_channels
-        if bn.num_features != out_ch:
-            continue
-        merges[prev] = node
-    return merges

@@ -301,3 +301,35 @@ def test_indexing_chunk_and_pass_shape_check():
     comp = Composite([(nn.Linear, "epsilon"), (nn.Unflatten, "pass")])
     with pytest.raises(ValueError, match="rule Pass at .* needs equal input and output shapes"):
         explain(bad, torch.randn(2, 6), target=0, composite=comp)
+
+
+def test_buffers_changed_by_the_forward_are_restored():
+    """A forward that updates its own buffer leaves the model as it was after explain, also
+    when explain raises."""
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.register_buffer("calls", torch.zeros(()))
+            self.register_buffer("last", torch.zeros(4))
+
+        def forward(self, x):
+            self.calls.add_(1)
+            self.last = x[0].detach().clone()  # rebinding a buffer
+            return self.fc(x)
+
+    m = Counting().eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    last_obj = m.last
+    explain(m, torch.randn(2, 4), target=0, composite="epsilon_plus")
+    with pytest.raises(ValueError, match="out of range"):
+        explain(m, torch.randn(2, 4), target=7, composite="epsilon_plus")
+    assert m.last is last_obj
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_torchscript_module_is_refused():
+    m = torch.jit.script(nn.Sequential(nn.Linear(4, 3)).eval())
+    with pytest.raises(TypeError, match="TorchScript modules are not supported"):
+        explain(m, torch.randn(2, 4), target=0, composite="epsilon_plus")
