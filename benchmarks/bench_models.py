@@ -20,9 +20,17 @@ Methods
   Captum has no rule for residual sums, so on ResNets its numbers are a timing reference only.
   A method that raises is reported as n/a.
 
+Text models (``--models gpt2``): a GPT-2-small-size model (12 layers, 768 wide, random
+weights) on ``--tokens`` random input embeddings, explaining the last position's logit of one
+token: ``grad_x_input`` at ``inputs_embeds``, ``lrp_ext:attnlrp`` / ``lrp_ext:cp_lrp``, and
+``lxt:attnlrp`` — LXT 2.1's efficient mode, timed in a child process (its monkey_patch
+rewrites transformers' classes for the whole process) against its own gradient×input of the
+unpatched model in that process, so its ratio is measured in one run too.
+
 Usage::
 
     PYTHONPATH=. python benchmarks/bench_models.py                   # vgg16,resnet50; batch 1,8
+    PYTHONPATH=. python benchmarks/bench_models.py --models gpt2 --tokens 128,512
     PYTHONPATH=. python benchmarks/bench_models.py --quick           # small smoke run
     PYTHONPATH=. python benchmarks/bench_models.py --device cuda --batch 1,8,32
 """
@@ -103,6 +111,72 @@ def _sync(device):
 
 
 # ---------------------------------------------------------------------------------------------
+def _gpt2(device, seed=0):
+    import transformers
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
+                                  attn_implementation="sdpa", resid_pdrop=0.0, embd_pdrop=0.0,
+                                  attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(cfg).eval().to(device)
+
+
+def _text_methods(model, x, target, device):
+    def last(o):
+        return o.logits[:, -1]
+
+    def grad_x_input():
+        xx = x.detach().requires_grad_(True)
+        y = last(model(inputs_embeds=xx))
+        g, = torch.autograd.grad(y[:, target].sum(), xx)
+        return g * x
+    out = {"grad_x_input": grad_x_input}
+    for comp in ("attnlrp", "cp_lrp"):
+        out[f"lrp_ext:{comp}"] = (lambda comp=comp: explain(
+            model, {"inputs_embeds": x}, target, composite=comp, output=last))
+    return out
+
+
+_LXT_CHILD = r"""
+import statistics, sys, time, torch, transformers
+from lxt.efficient import monkey_patch
+bs, T, repeats, threads = map(int, sys.argv[1:5])
+if threads:
+    torch.set_num_threads(threads)
+def build():
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
+                                  attn_implementation="sdpa", resid_pdrop=0.0, embd_pdrop=0.0,
+                                  attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+x = torch.randn(bs, T, 768, generator=torch.Generator().manual_seed(bs))
+def run(model):
+    xx = x.detach().requires_grad_(True)
+    y = model(inputs_embeds=xx).logits[:, -1]
+    g, = torch.autograd.grad(y[:, 7].sum(), xx)
+    return g * x
+plain = build()
+monkey_patch(transformers.models.gpt2.modeling_gpt2)
+patched = build()
+ts = {"plain": [], "lxt": []}
+run(plain); run(patched)
+for _ in range(repeats):
+    for k, m in (("plain", plain), ("lxt", patched)):
+        t0 = time.perf_counter(); run(m); ts[k].append(time.perf_counter() - t0)
+print(statistics.median(ts["plain"]), statistics.median(ts["lxt"]), min(ts["plain"]), min(ts["lxt"]))
+"""
+
+
+def _lxt_times(bs, T, repeats, threads):
+    import subprocess
+    try:
+        r = subprocess.run([sys.executable, "-c", _LXT_CHILD, str(bs), str(T), str(repeats),
+                            str(threads)], capture_output=True, text=True, timeout=3600)
+        vals = [float(v) for v in r.stdout.split()]
+        return vals if len(vals) == 4 else None
+    except Exception:
+        return None
+
+
 def _model(name, device, seed=0):
     torch.manual_seed(seed)
     model = getattr(torchvision.models, name)()
@@ -179,6 +253,7 @@ def main(argv=None):
     p.add_argument("--models", default="vgg16,resnet50")
     p.add_argument("--batch", default="1,8")
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--tokens", default="128", help="sequence lengths for text models")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -209,13 +284,28 @@ def main(argv=None):
            f"{'min s':>8s} {'× g×i':>7s} {'peak MB':>9s} {'mem × g×i':>9s}")
     print(hdr)
     print("-" * len(hdr), flush=True)
+    cases = []
     for name in args.models.split(","):
-        model = _model(name, device)
         for bs in [int(b) for b in args.batch.split(",")]:
+            for T in ([int(t) for t in args.tokens.split(",")] if name == "gpt2" else [None]):
+                cases.append((name, bs, T))
+    model = None
+    for name, bs, T in cases:
+        if model is None or model_name != name:
+            model = _gpt2(device) if name == "gpt2" else _model(name, device)
+            model_name = name
+        if True:
             gen = torch.Generator().manual_seed(bs)
-            x = torch.randn(bs, 3, args.size, args.size, generator=gen).to(device)
-            methods = _methods(name, model, x, 7, device, not args.no_zennit,
-                               not args.no_captum)
+            lxt = None
+            if name == "gpt2":
+                x = torch.randn(bs, T, 768, generator=gen).to(device)
+                methods = _text_methods(model, x, 7, device)
+                if device.type == "cpu":
+                    lxt = _lxt_times(bs, T, args.repeats, args.threads)
+            else:
+                x = torch.randn(bs, 3, args.size, args.size, generator=gen).to(device)
+                methods = _methods(name, model, x, 7, device, not args.no_zennit,
+                                   not args.no_captum)
             base_t = base_m = base_min = None
             # warm-up and peak memory (untimed), then timed rounds over all methods in turn,
             # so that a changing machine load affects every method alike
@@ -255,15 +345,26 @@ def main(argv=None):
                            method=mname, median_s=t, ratio_time=rt, min_s=tmin,
                            ratio_min=rmin, peak_mb=peak,
                            ratio_mem=rm, error=err)
+                row["tokens"] = T
                 rows.append(row)
+                label = name if T is None else f"{name}/{T}"
                 if err:
-                    print(f"{name:10s} {bs:5d} {mname:28s} {'n/a':>9s}  ({err})", flush=True)
+                    print(f"{label:10s} {bs:5d} {mname:28s} {'n/a':>9s}  ({err})", flush=True)
                 else:
-                    print(f"{name:10s} {bs:5d} {mname:28s} {t:9.3f} {rt:7.2f} {tmin:8.3f} "
+                    print(f"{label:10s} {bs:5d} {mname:28s} {t:9.3f} {rt:7.2f} {tmin:8.3f} "
                           f"{rmin:7.2f} {peak:9.1f} {rm:9.2f}", flush=True)
-        del model
+            if lxt is not None:
+                pl, lt, plmin, ltmin = lxt
+                print(f"{label:10s} {bs:5d} {'lxt:attnlrp (own process)':28s} {lt:9.3f} "
+                      f"{lt / pl:7.2f} {ltmin:8.3f} {ltmin / plmin:7.2f} {'':>9s} {'':>9s}",
+                      flush=True)
+                rows.append(dict(model=name, batch=bs, size=args.size, device=str(device),
+                                 method="lxt:attnlrp", median_s=lt, ratio_time=lt / pl,
+                                 min_s=ltmin, ratio_min=ltmin / plmin, peak_mb=float("nan"),
+                                 ratio_mem=float("nan"), error="", tokens=T))
     with open(args.csv, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) + (["tokens"] if "tokens" not in rows[0]
+                                                           else []))
         w.writeheader()
         w.writerows(rows)
     print(f"# wrote {args.csv}")

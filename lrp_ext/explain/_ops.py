@@ -332,12 +332,19 @@ def _rule_for(rec, owner, kind_type, first_ok=True):
     return rule
 
 
-def _layer(rec, x, W, spec, kind_type, value):
-    """``value`` = the layer's output for input ``x``; ``W``: the tensor naming its module."""
+def _layer(rec, func, args, kwargs, x, W, make_spec, kind_type):
+    """A layer op ``func`` with input ``x``; ``W`` names its module (the owner of the weight),
+    ``make_spec()`` builds its :class:`~lrp_ext.conv.ConvSpec`."""
     owner = rec.owner.get(id(W))
     rule = _rule_for(rec, owner, kind_type)
+    if rule.name == "gradient":  # LRP-0 without a stabiliser: the plain op
+        out = func(*args, **kwargs)
+        rec.mark(out, Meta())
+        return out
+    with torch.no_grad():
+        value = func(*args, **kwargs)
     m = rec.meta(x)
-    node = LayerNode(rec, rule, spec, x.detach(), value, owner[0] if owner else None,
+    node = LayerNode(rec, rule, make_spec(), x.detach(), value, owner[0] if owner else None,
                      owner[1] if owner else None, bool(m is not None and m.nonneg))
     out = apply(node, [x], value)
     node.z = out.detach()
@@ -355,10 +362,9 @@ def h_linear(rec, func, args, kwargs, deps):
     if rec.meta(W) is not None or (b is not None and rec.meta(b) is not None) or \
             rec.meta(x) is None:
         return h_bilinear(rec, func, args, kwargs, deps)
-    with torch.no_grad():
-        value = func(*args, **kwargs)
-    return _layer(rec, x, W, _conv.LinearSpec(W.detach(), None if b is None else b.detach()),
-                  torch.nn.Linear, value)
+    return _layer(rec, func, args, kwargs, x, W,
+                  lambda: _conv.LinearSpec(W.detach(), None if b is None else b.detach()),
+                  torch.nn.Linear)
 
 
 @register("addmm")
@@ -368,10 +374,8 @@ def h_addmm(rec, func, args, kwargs, deps):
     if p["beta"] != 1 or p["alpha"] != 1 or rec.meta(x) is None or rec.meta(W) is not None \
             or rec.meta(b) is not None or b.dim() != 1:
         return NotImplemented
-    with torch.no_grad():
-        value = func(*args, **kwargs)
-    return _layer(rec, x, W, _conv.LinearSpec(W.detach().t(), b.detach()), torch.nn.Linear,
-                  value)
+    return _layer(rec, func, args, kwargs, x, W,
+                  lambda: _conv.LinearSpec(W.detach().t(), b.detach()), torch.nn.Linear)
 
 
 @register("matmul", "mm", "__matmul__", "bmm")
@@ -381,9 +385,8 @@ def h_matmul(rec, func, args, kwargs, deps):
     if da and db:
         return h_bilinear(rec, func, args, kwargs, deps)
     if da and b.dim() == 2 and a.dim() >= 1 and func is not torch.bmm:
-        with torch.no_grad():
-            value = func(a, b)
-        return _layer(rec, a, b, _conv.LinearSpec(b.detach().t(), None), torch.nn.Linear, value)
+        return _layer(rec, func, (a, b), {}, a, b, lambda: _conv.LinearSpec(b.detach().t(), None),
+                      torch.nn.Linear)
     return _generic_linear(rec, func, args, kwargs, deps)
 
 
@@ -481,12 +484,12 @@ def _conv_handler(nd, transposed):
         if rec.meta(x) is None or rec.meta(W) is not None or \
                 (b is not None and rec.meta(b) is not None):
             return h_bilinear(rec, func, args, kwargs, deps)
-        with torch.no_grad():
-            value = func(*args, **kwargs)
-        spec = _conv.conv_spec(W.detach(), None if b is None else b.detach(), stride=p["stride"],
-                               padding=p["padding"], dilation=p["dilation"], groups=p["groups"],
-                               transposed=transposed, output_padding=p["output_padding"])
-        return _layer(rec, x, W, spec, _CONV_TYPES[(nd, transposed)], value)
+        def spec():
+            return _conv.conv_spec(W.detach(), None if b is None else b.detach(),
+                                   stride=p["stride"], padding=p["padding"],
+                                   dilation=p["dilation"], groups=p["groups"],
+                                   transposed=transposed, output_padding=p["output_padding"])
+        return _layer(rec, func, args, kwargs, x, W, spec, _CONV_TYPES[(nd, transposed)])
     return h
 
 
