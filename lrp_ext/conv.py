@@ -43,34 +43,16 @@ denominators are computed once for a single sample (``flat`` with one channel pe
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from . import _checks
+from . import _checks, _conv_args
 
 __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box",
            "ConvSpec", "LinearSpec", "conv_spec", "apply_spec", "rule_backward", "COEF_RULES"]
 
 _aten = torch.ops.aten
-_CONV_TYPES = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
-               torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
-
-
-def _tuple(v, nd, name, rule):
-    if isinstance(v, int) and not isinstance(v, bool):
-        return (int(v),) * nd
-    try:
-        t = tuple(int(x) for x in v)
-    except TypeError:
-        raise TypeError(f"{rule}: {name} must be an int or a tuple of {nd} ints, got {v!r}")
-    if len(t) == 1:
-        t = t * nd
-    if len(t) != nd:
-        raise ValueError(f"{rule}: {name} must have {nd} entries for a {nd}-d convolution, "
-                         f"got {v!r}")
-    return t
+_CONV_TYPES = _conv_args.CONV_TYPES
 
 
 def _stab(z, e):
@@ -169,90 +151,12 @@ class ConvSpec:
         return y.reshape(y.shape[0], self.groups, y.shape[1] // self.groups, *y.shape[2:])
 
 
-def _same_padding(weight, dilation, nd, transposed, rule):
-    if transposed:
-        raise ValueError(f"{rule}: padding='same' is not supported for transposed convolutions")
-    k = weight.shape[2:]
-    total = [d * (kk - 1) for d, kk in zip(dilation, k)]
-    left = [t // 2 for t in total]
-    right = [t - lft for t, lft in zip(total, left)]
-    if left == right:
-        return tuple(left), None
-    pad = []
-    for lft, rgt in zip(reversed(left), reversed(right)):
-        pad += [lft, rgt]
-    return (0,) * nd, (tuple(pad), "constant")
-
-
 def conv_spec(layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
               transposed=False, output_padding=0, rule="conv") -> ConvSpec:
     """Build a :class:`ConvSpec` from a conv module or a weight tensor (validated)."""
-    if isinstance(layer, _CONV_TYPES):
-        if bias is not None:
-            raise ValueError(f"{rule}: layer is an {type(layer).__name__}, so bias must be None "
-                             "(the layer's own bias is used)")
-        m = layer
-        nd = m.weight.dim() - 2
-        transposed = isinstance(m, torch.nn.modules.conv._ConvTransposeNd)
-        weight, bias = m.weight.detach(), None if m.bias is None else m.bias.detach()
-        stride, dilation, groups = tuple(m.stride), tuple(m.dilation), int(m.groups)
-        output_padding = tuple(m.output_padding)
-        pre_pad = None
-        if isinstance(m.padding, str):
-            padding = m.padding
-        else:
-            padding = tuple(m.padding)
-        if m.padding_mode != "zeros":
-            pre_pad = (tuple(m._reversed_padding_repeated_twice), m.padding_mode)
-            padding = (0,) * nd
-        elif padding == "same":
-            padding, pre_pad = _same_padding(weight, dilation, nd, False, rule)
-        elif padding == "valid":
-            padding = (0,) * nd
-        return ConvSpec(weight, bias, stride, padding, dilation, transposed, output_padding,
-                        groups, nd, pre_pad)
-    if isinstance(layer, torch.nn.Module):
-        raise TypeError(f"{rule}: layer must be a convolution module or a weight tensor, got "
-                        f"{type(layer).__name__}")
-    if not isinstance(layer, torch.Tensor):
-        raise TypeError(f"{rule}: layer must be a convolution module or a weight tensor, got "
-                        f"{type(layer).__name__}")
-    weight = layer.detach()
-    if weight.dim() not in (3, 4, 5):
-        raise ValueError(f"{rule}: a conv weight must be 3-, 4- or 5-D (out, in/groups, *kernel), "
-                         f"got shape {_checks._shape(weight)}")
-    nd = weight.dim() - 2
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"{rule}: groups must be a positive int, got {groups!r}")
-    if weight.shape[0] % groups:
-        raise ValueError(f"{rule}: weight's first dim {weight.shape[0]} is not divisible by "
-                         f"groups={groups}")
-    stride = _tuple(stride, nd, "stride", rule)
-    dilation = _tuple(dilation, nd, "dilation", rule)
-    output_padding = _tuple(output_padding, nd, "output_padding", rule)
-    if min(stride) < 1 or min(dilation) < 1:
-        raise ValueError(f"{rule}: stride and dilation must be >= 1, got stride={stride}, "
-                         f"dilation={dilation}")
-    pre_pad = None
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding = (0,) * nd
-        elif padding == "same":
-            padding, pre_pad = _same_padding(weight, dilation, nd, bool(transposed), rule)
-        else:
-            raise ValueError(f"{rule}: padding must be 'same', 'valid', an int or a tuple, got "
-                             f"{padding!r}")
-    else:
-        padding = _tuple(padding, nd, "padding", rule)
-        if min(padding) < 0:
-            raise ValueError(f"{rule}: padding must be >= 0, got {padding}")
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor):
-            raise TypeError(f"{rule}: bias must be a torch.Tensor or None, got "
-                            f"{type(bias).__name__}")
-        bias = bias.detach()
-    return ConvSpec(weight, bias, stride, padding, dilation, bool(transposed), output_padding,
-                    groups, nd, pre_pad)
+    return ConvSpec(*_conv_args.parse(layer, bias, stride=stride, padding=padding,
+                                      dilation=dilation, groups=groups, transposed=transposed,
+                                      output_padding=output_padding, rule=rule))
 
 
 def _prepare(R, a, spec: ConvSpec, rule, output=None):

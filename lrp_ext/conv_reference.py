@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks
-from .conv import conv_spec
+from ._conv_args import parse
 from .reference import stabilize
 
 __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box"]
@@ -29,7 +29,7 @@ class _Layer:
     """Forward ``f(x, W, b)`` and transpose ``t(s, x_shape, W)`` of one convolution."""
 
     def __init__(self, layer, bias, hyper, rule):
-        self.spec = spec = conv_spec(layer, bias, rule=rule, **hyper)
+        self.spec = spec = parse(layer, bias, rule=rule, **hyper)
         self.W, self.b = spec.weight, spec.bias
 
     def _pad(self, x):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import weakref
 
-import torch
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["Meta", "Recorder", "RecordMode", "current"]
