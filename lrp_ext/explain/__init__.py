@@ -67,10 +67,12 @@ def _module_rule(rec, name, module, args, out):
     """A parameter-free module mapped to ``Pass`` by the caller's composite: the identity
     rule over the whole module (``g_in = g · y / x``), whatever ops it runs inside."""
     rule = rec.comp.user_rule(name, module)
+    if rule is None and type(module).__module__.startswith(_ACTIVATION_MODULES):
+        rule = _comp.Pass()  # an activation of a model library: one elementwise function
     if rule is None or rule.name != "pass":
         return None
     x = args[0] if args else None
-    if not isinstance(x, torch.Tensor) or rec.meta(x) is None:
+    if not isinstance(x, torch.Tensor) or rec.meta(x) is None or x is out:
         return None
     if tuple(x.shape) != tuple(out.shape):
         raise ValueError(f"explain: rule Pass at module '{name}' ({type(module).__name__}) "
@@ -81,6 +83,12 @@ def _module_rule(rec, name, module, args, out):
     new = apply(RatioNode(ratio), [x], out.detach())
     rec.mark(new, Meta(nonlin=True, linear=False))
     return new
+
+
+# modules of these libraries' activation files are elementwise functions of one tensor, however
+# they compute it (tanh-GELU, QuickGELU, ...): the identity rule over the whole module
+_ACTIVATION_MODULES = ("transformers.activations", "timm.layers.activations",
+                       "timm.models.layers.activations")
 
 
 class _ModuleHooks:
