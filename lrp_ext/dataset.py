@@ -76,22 +76,64 @@ class Preprocess:
         return x * std.to(x) + mean.to(x)
 
 
+# PIL modes the loader reads, by depth. 8-bit modes are converted by PIL to L or RGB and scaled
+# by 1/255; 16-bit ones (and 32-bit integer "I", which holds 16-bit PNGs in some Pillow
+# versions) by 1/65535; float images ("F") are taken as they are.
+MODES_8BIT = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+              "LAB", "HSV")
+MODES_16BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+MODES_FLOAT = ("F",)
+IMAGE_MODES = MODES_8BIT + MODES_16BIT + MODES_FLOAT
+_CONVERT_VIA = {"La": "LA", "LAB": "RGB"}   # no direct conversion to L / RGB in PIL
+
+
+def image_array(img, channels=3, size=None):
+    """A PIL image -> float32 array (C, H, W), read at the depth of its mode (see
+    ``IMAGE_MODES``), ``channels`` 1 (grey) or 3 (RGB; one-channel images are repeated),
+    resized bilinearly to ``size`` (h, w) if given. Raises ``ValueError`` naming the problem."""
+    from PIL import Image
+    mode = img.mode
+    if mode in MODES_8BIT:
+        target = "L" if channels == 1 else "RGB"
+        if mode in _CONVERT_VIA:
+            img = img.convert(_CONVERT_VIA[mode])
+        img = img.convert(target)
+        if size:
+            img = img.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if mode not in MODES_16BIT + MODES_FLOAT:
+        raise ValueError(f"image mode {mode!r} is not supported (supported: "
+                         f"{', '.join(IMAGE_MODES)})")
+    raw = np.asarray(img)
+    if mode in MODES_FLOAT:
+        arr = raw.astype(np.float32)
+        if not np.isfinite(arr).all():
+            raise ValueError("float image (mode 'F') holds NaN or infinite values")
+    else:
+        lo, hi = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(f"integer image (mode {mode!r}) holds values in [{lo}, {hi}], "
+                             "outside the 16-bit range [0, 65535]")
+        arr = raw.astype(np.float32) / 65535.0
+    if size:
+        arr = np.asarray(Image.fromarray(arr, mode="F").resize((size[1], size[0]),
+                                                                Image.BILINEAR))
+    return np.repeat(arr[None], channels, axis=0)
+
+
 def load_image(path, prep):
-    """Image file -> float tensor (C, H, W), scaled and normalised by ``prep``."""
+    """Image file -> float tensor (C, H, W), read at its own depth (``image_array``), then
+    normalised by ``prep``."""
     from PIL import Image
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if prep.channels == 1 else "RGB")
-            if prep.size:
-                img = img.resize((prep.size[1], prep.size[0]), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
+            arr = image_array(img, prep.channels, prep.size)
     except FileNotFoundError:
         raise InputError(f"input file not found: {path}") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad files
         raise InputError(f"cannot read image {path}: {_one_line(exc)}") from None
-    x = torch.from_numpy(arr.copy())
-    x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
-    return prep.normalize(x.contiguous())
+    return prep.normalize(torch.from_numpy(np.ascontiguousarray(arr)))
 
 
 def load_tensor_file(path):
