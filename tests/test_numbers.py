@@ -128,3 +128,15 @@ def test_compile_shape_error(_fresh_dynamo, fullgraph):
     # the same compiled function still works on good shapes
     good = compiled(torch.rand(3, 6), a, W, None)
     assert good.shape == (3, 4)
+
+
+def test_perturbation_baseline_must_be_finite():
+    from lrp_ext import evaluate as ev
+    model = torch.nn.Linear(4, 2)
+    x = torch.rand(3, 4)
+    for bad in (math.nan, np.float32("inf"), torch.tensor([0.0, 0.0, math.nan, 0.0])):
+        with pytest.raises(ValueError, match="baseline must be finite"):
+            ev.perturbation_curve(model, x, torch.rand(3, 4), baseline=bad, steps=2)
+    curves, _ = ev.perturbation_curve(model, x, torch.rand(3, 4), baseline=np.float32(0.5),
+                                      steps=2)
+    assert np.isfinite(curves).all()
