@@ -6,6 +6,7 @@ wrong shapes, mismatched dtypes or devices, and out-of-range rule parameters.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -15,9 +16,31 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def traceable(fn):
+    """Argument errors that survive ``torch.compile(fullgraph=True)``: while Dynamo traces
+    ``fn``, a ``ValueError``/``TypeError`` from its checks becomes an op in the graph that raises
+    it (same type, same message) when the compiled function runs. Eager calls are unchanged."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, TypeError) as exc:
+            from .ops import raise_error
+            like = next((x for x in args[1:2] + args[:1] if isinstance(x, torch.Tensor)), None)
+            if like is None:
+                like = torch.empty(0)
+            kind = "TypeError" if isinstance(exc, TypeError) else "ValueError"
+            return raise_error(kind, str(exc), like)
+    return wrapper
+
+
 def _shape(t) -> str:
-    """Python's tuple notation: (), (5,), (3, 6)."""
-    return str(tuple(int(s) for s in t.shape))
+    """Python's tuple notation: (), (5,), (3, 6). (f-strings: Dynamo formats symbolic sizes
+    that way, not through repr.)"""
+    dims = [f"{s}" for s in t.shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def unpack_layer(W, b, rule):

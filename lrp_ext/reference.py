@@ -62,18 +62,21 @@ def _epsilon(R, a, W, b, e):
     return a * (s @ W)
 
 
+@_checks.traceable
 def epsilon(R, a, W, b=None, epsilon: float = 1e-6):
     """LRP-ε: ``z = a Wᵀ + b``, ``s = R / stab(z, ε)``, ``R_in = a ⊙ (s W)``."""
     R, a, W, b = _checks.dense(R, a, W, b, "epsilon")
     return _epsilon(R, a, W, b, _checks.stabilizer(epsilon, "epsilon"))
 
 
+@_checks.traceable
 def zero(R, a, W, b=None):
     """LRP-0: LRP-ε with ε = 1e-9 (only guards exact zeros)."""
     R, a, W, b = _checks.dense(R, a, W, b, "zero")
     return _epsilon(R, a, W, b, 1e-9)
 
 
+@_checks.traceable
 def gamma(R, a, W, b=None, gamma: float = 0.25, stabilizer: float = 1e-6):
     """Sign-generalised LRP-γ (see the specification's table)."""
     R, a, W, b = _checks.dense(R, a, W, b, "gamma")
@@ -110,6 +113,7 @@ def _alpha_beta(R, a, W, b, alpha, beta, e):
     return out - beta * (ap * (sb @ Wn) + an * (sb @ Wp))
 
 
+@_checks.traceable
 def alpha_beta(R, a, W, b=None, alpha: float = 2.0, beta: float = 1.0,
                stabilizer: float = 1e-6):
     """LRP-αβ; requires α ≥ 0, β ≥ 0 and α − β = 1 (``ValueError`` otherwise)."""
@@ -118,12 +122,14 @@ def alpha_beta(R, a, W, b=None, alpha: float = 2.0, beta: float = 1.0,
     return _alpha_beta(R, a, W, b, alpha, beta, _checks.stabilizer(stabilizer, "stabilizer"))
 
 
+@_checks.traceable
 def z_plus(R, a, W, b=None, stabilizer: float = 1e-6):
     """LRP-z⁺: LRP-αβ with α = 1, β = 0."""
     R, a, W, b = _checks.dense(R, a, W, b, "z_plus")
     return _alpha_beta(R, a, W, b, 1.0, 0.0, _checks.stabilizer(stabilizer, "stabilizer"))
 
 
+@_checks.traceable
 def flat(R, a, W, b=None, stabilizer: float = 1e-6):
     """Flat rule: inputs and weights replaced by ones, bias dropped."""
     R, a, W, b = _checks.dense(R, a, W, b, "flat")
@@ -139,6 +145,7 @@ def _flat(R, a, W, stabilizer):
     return s @ ones_W
 
 
+@_checks.traceable
 def w_square(R, a, W, b=None, stabilizer: float = 1e-6):
     """LRP-w²: input replaced by ones, ``z = 1 (W²)ᵀ + b²``; the activation never multiplies."""
     R, a, W, b = _checks.dense(R, a, W, b, "w_square")
@@ -153,6 +160,7 @@ def _w_square(R, a, W, b, stabilizer):
     return s @ W2
 
 
+@_checks.traceable
 def z_box(R, a, W, b=None, low=None, high=None, stabilizer: float = 1e-6):
     """LRP-z^B for the input layer; ``low``/``high`` are floats or tensors broadcastable to a."""
     R, a, W, b = _checks.dense(R, a, W, b, "z_box")

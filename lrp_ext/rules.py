@@ -18,6 +18,7 @@ __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square
 _op = torch.ops.lrp_ext
 
 
+@_checks.traceable
 def epsilon(R, a, W, b=None, epsilon: float = 1e-6):
     """LRP-ε: ``z = a Wᵀ + b``, ``s = R / stab(z, ε)``, ``R_in = a ⊙ (s W)``."""
     R, a, W, b = _checks.dense(R, a, W, b, "epsilon")
@@ -27,6 +28,7 @@ def epsilon(R, a, W, b=None, epsilon: float = 1e-6):
     return reference.epsilon(R, a, W, b, epsilon)
 
 
+@_checks.traceable
 def zero(R, a, W, b=None):
     """LRP-0: LRP-ε with ε = 1e-9."""
     R, a, W, b = _checks.dense(R, a, W, b, "zero")
@@ -35,6 +37,7 @@ def zero(R, a, W, b=None):
     return reference.zero(R, a, W, b)
 
 
+@_checks.traceable
 def gamma(R, a, W, b=None, gamma: float = 0.25, stabilizer: float = 1e-6):
     """Sign-generalised LRP-γ."""
     R, a, W, b = _checks.dense(R, a, W, b, "gamma")
@@ -45,6 +48,7 @@ def gamma(R, a, W, b=None, gamma: float = 0.25, stabilizer: float = 1e-6):
     return reference.gamma(R, a, W, b, gamma, stabilizer)
 
 
+@_checks.traceable
 def alpha_beta(R, a, W, b=None, alpha: float = 2.0, beta: float = 1.0,
                stabilizer: float = 1e-6):
     """LRP-αβ (α ≥ 0, β ≥ 0, α − β = 1, else ``ValueError``)."""
@@ -56,6 +60,7 @@ def alpha_beta(R, a, W, b=None, alpha: float = 2.0, beta: float = 1.0,
     return reference.alpha_beta(R, a, W, b, alpha, beta, stabilizer)
 
 
+@_checks.traceable
 def z_plus(R, a, W, b=None, stabilizer: float = 1e-6):
     """LRP-z⁺ (LRP-αβ with α = 1, β = 0)."""
     R, a, W, b = _checks.dense(R, a, W, b, "z_plus")
@@ -65,6 +70,7 @@ def z_plus(R, a, W, b=None, stabilizer: float = 1e-6):
     return reference.z_plus(R, a, W, b, stabilizer)
 
 
+@_checks.traceable
 def flat(R, a, W, b=None, stabilizer: float = 1e-6):
     """Flat rule: inputs and weights replaced by ones, bias dropped."""
     R, a, W, b = _checks.dense(R, a, W, b, "flat")
@@ -74,6 +80,7 @@ def flat(R, a, W, b=None, stabilizer: float = 1e-6):
     return reference.flat(R, a, W, b, stabilizer)
 
 
+@_checks.traceable
 def w_square(R, a, W, b=None, stabilizer: float = 1e-6):
     """LRP-w²: ``z = 1 (W²)ᵀ + b²``, ``R_in = (R / stab(z)) W²``."""
     R, a, W, b = _checks.dense(R, a, W, b, "w_square")
@@ -83,6 +90,7 @@ def w_square(R, a, W, b=None, stabilizer: float = 1e-6):
     return reference.w_square(R, a, W, b, stabilizer)
 
 
+@_checks.traceable
 def z_box(R, a, W, b=None, low=None, high=None, stabilizer: float = 1e-6):
     """LRP-z^B for the input layer; ``low``/``high``: floats or tensors broadcastable to a."""
     R, a, W, b = _checks.dense(R, a, W, b, "z_box")

@@ -104,30 +104,78 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("fullgraph", [False, True])
-def test_compile_shape_error(_fresh_dynamo, fullgraph):
-    """What a bad shape gives under torch.compile (docs/CLI.md is silent; README "torch.compile"):
-    without fullgraph the check runs in eager mode after a graph break and raises the documented
-    ValueError; with fullgraph=True Dynamo refuses to compile the raise and reports
-    ``torch._dynamo.exc.Unsupported``, whose ``__cause__`` carries the ValueError's message."""
-    def fn(R, a, W, b):
-        return lrp_ext.epsilon(R, a, W, b)
+BAD_CALLS = [
+    ("epsilon", lambda f: f(torch.rand(3, 5), torch.rand(3, 4), torch.rand(6, 4), None),
+     ValueError, "epsilon: R's last dim must equal W's out_features O=6; got R (3, 5) and W (6, 4)"),
+    ("z_box", lambda f: f(torch.rand(3, 6), torch.rand(3, 4), torch.rand(6, 4), None, low=0.0,
+                          high=torch.ones(5)),
+     ValueError, "z_box: high of shape (5,) is not broadcastable to a (3, 4)"),
+    ("gamma", lambda f: f(torch.rand(3, 6), torch.rand(3, 4), torch.rand(6, 4), None,
+                          gamma=-math.inf),
+     ValueError, "gamma must be a finite number, got -inf"),
+    ("flat", lambda f: f(torch.rand(3, 6), torch.rand(3, 4).double(), torch.rand(6, 4), None),
+     ValueError, "flat: dtype mismatch"),
+    ("w_square", lambda f: f(torch.rand(3, 6), torch.ones(3, 4, dtype=torch.long),
+                             torch.rand(6, 4), None),
+     TypeError, "w_square: a must be a floating tensor, got dtype torch.int64"),
+]
 
-    compiled = torch.compile(fn, fullgraph=fullgraph, backend="aot_eager")
-    R, a, W = torch.rand(3, 5), torch.rand(3, 4), torch.rand(6, 4)
-    msg = "epsilon: R's last dim must equal W's out_features O=6; got R (3, 5) and W (6, 4)"
-    if not fullgraph:
-        with pytest.raises(ValueError) as e:
-            compiled(R, a, W, None)
-        assert str(e.value) == msg
-        return
-    from torch._dynamo.exc import Unsupported
-    with pytest.raises(Unsupported) as e:
-        compiled(R, a, W, None)
-    assert msg in str(e.value.__cause__)
-    # the same compiled function still works on good shapes
-    good = compiled(torch.rand(3, 6), a, W, None)
-    assert good.shape == (3, 4)
+
+COMPILE_CONFIGS = [(impl, fullgraph, "aot_eager") for impl in IMPLS for fullgraph in (False, True)
+                   ] + [(lrp_ext, True, "inductor")]      # inductor: slow to compile, once
+
+
+@pytest.mark.parametrize("impl,fullgraph,backend", COMPILE_CONFIGS,
+                         ids=[f"{i.__name__}-fullgraph={f}-{b}" for i, f, b in COMPILE_CONFIGS])
+@pytest.mark.parametrize("rule,call,exc,msg", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_compile_argument_errors(_fresh_dynamo, impl, fullgraph, backend, rule, call, exc, msg):
+    """Under torch.compile, fullgraph=True included, a bad argument raises the exception eager
+    mode raises, with the same message."""
+    fn = getattr(impl, rule)
+
+    def wrapped(*args, **kw):
+        return fn(*args, **kw) * 2
+
+    compiled = torch.compile(wrapped, fullgraph=fullgraph, backend=backend)
+    with pytest.raises(exc) as e:
+        call(compiled)
+    assert msg in str(e.value)
+    with pytest.raises(exc) as eager:
+        call(wrapped)
+    assert str(eager.value) == str(e.value)
+
+
+def test_compile_as_the_first_call():
+    """A fresh process whose first call of a rule is compiled (the kernel lookup is traced)."""
+    import subprocess
+    import sys
+    code = ("import torch, lrp_ext\n"
+            "f = torch.compile(lrp_ext.z_plus, fullgraph=True, backend='aot_eager')\n"
+            "W = torch.tensor([[1., -1.], [-1., -1.]])\n"
+            "print(f(torch.ones(1, 2), torch.ones(1, 2), W).tolist())\n"
+            "try:\n"
+            "    f(torch.ones(1, 3), torch.ones(1, 2), W)\n"
+            "except ValueError as e:\n"
+            "    print('ValueError', e)\n")
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=root or ".")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[0] == str([[1.0 / (1 + 1e-6), 0.0]]) or lines[0].startswith("[[0.99999"), lines
+    assert lines[1].startswith("ValueError z_plus: R's last dim must equal W's out_features"), \
+        lines
+
+
+def test_compile_still_computes_after_an_error(_fresh_dynamo):
+    compiled = torch.compile(lrp_ext.epsilon, fullgraph=True, backend="aot_eager")
+    W = torch.rand(6, 4)
+    with pytest.raises(ValueError):
+        compiled(torch.rand(3, 5), torch.rand(3, 4), W, None)
+    c = make_case("epsilon", (3,), 4, 6, torch.float32, "cpu", seed=2)
+    got = compiled(c.R, c.a, c.W, c.b, epsilon=0.1)
+    torch.testing.assert_close(got.double(), reference64("epsilon", c.R, c.a, c.W, c.b,
+                                                         epsilon=0.1), rtol=1e-5, atol=1e-6)
 
 
 def test_perturbation_baseline_must_be_finite():
@@ -140,3 +188,13 @@ def test_perturbation_baseline_must_be_finite():
     curves, _ = ev.perturbation_curve(model, x, torch.rand(3, 4), baseline=np.float32(0.5),
                                       steps=2)
     assert np.isfinite(curves).all()
+
+
+def test_compile_error_after_dynamic_recompile(_fresh_dynamo):
+    """Sizes are symbolic once a second shape was seen: the message still names the numbers."""
+    compiled = torch.compile(lrp_ext.gamma, fullgraph=True, backend="aot_eager")
+    for n in (3, 5):
+        compiled(torch.rand(n, 6), torch.rand(n, 4), torch.rand(6, 4), None)
+    with pytest.raises(ValueError, match=r"^gamma: batch dims of R and a differ: R \(7, 6\) vs "
+                                         r"a \(8, 4\)$"):
+        compiled(torch.rand(7, 6), torch.rand(8, 4), torch.rand(6, 4), None)
