@@ -246,6 +246,9 @@ def forward(model, x):
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"the model output has shape {shape}; expected (batch, classes)")
+    if not torch.isfinite(out).all():
+        raise InputError(f"the model's output holds NaN or infinite values for an input of shape "
+                         f"{tuple(x.shape)}: nothing to explain")
     return out
 
 

@@ -47,6 +47,11 @@ def bad_files(files):
     x[1, 0, 2, 2] = np.nan
     np.save(files / "nan.npy", x)
     (files / "nofinish").mkdir(exist_ok=True)
+    (files / "nanmodel.py").write_text(
+        "import torch\n"
+        "class NaNOut(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x.flatten(1)[:, :3] * float('nan')\n")
     return files
 
 
@@ -87,6 +92,7 @@ BAD_OPTIONS = [
     (EXPLAIN + ["--composite", "lrp_magic"], "unknown composite 'lrp_magic'"),
     (EXPLAIN + ["--format", "xyz"], "invalid choice: 'xyz'"),
     (EXPLAIN + ["--out", "{d}/a.png"], "exists and is not a folder"),
+    (EXPLAIN + ["--model", "nanmodel:NaNOut"], "output holds NaN or infinite values"),
     # explain-dataset: nothing written, not even run.json
     (DATASET + ["--target", "10"], "out of range for a model with 3 outputs"),
     (DATASET + ["--low", "nan"], "--low: must be a finite number"),
@@ -125,6 +131,7 @@ BAD_OPTIONS = [
 def test_every_bad_option(bad_files, tmp_path, monkeypatch, capsys, argv, message):
     """Exit code 2, one line on stderr naming the problem, no traceback, no new file."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(bad_files))            # module:factory specs
     out = tmp_path / "out"
     argv = [a.format(d=bad_files, o=out) for a in argv]
     before = _snapshot(tmp_path, bad_files)

@@ -21,8 +21,8 @@ def _grey(values, channels):
 
 def _expected_8bit(img, channels):
     """PIL's own colour conversion (its definition of e.g. CMYK -> RGB), scaled by 1/255."""
-    if img.mode in ("La", "LAB"):
-        img = img.convert({"La": "LA", "LAB": "RGB"}[img.mode])
+    if img.mode in ds._CONVERT_VIA:                 # Pillow has no direct conversion
+        img = img.convert(ds._CONVERT_VIA[img.mode])
     arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), np.float32) / 255
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
