@@ -600,10 +600,13 @@ def lock_output(out_dir):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         raise InputError(f"{out_dir} is in use by another explain-dataset run (it holds {path}):"
                          " wait for it to finish or use another --out") from None
+    except OSError as exc:                       # e.g. a file system without locks
+        os.close(fd)
+        raise InputError(f"cannot lock {path}: {exc.strerror or exc}") from None
     return fd
 
 
