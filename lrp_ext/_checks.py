@@ -6,16 +6,41 @@ wrong shapes, mismatched dtypes or devices, and out-of-range rule parameters.
 """
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def traceable(fn):
+    """Argument errors that survive ``torch.compile(fullgraph=True)``: while Dynamo traces
+    ``fn``, a ``ValueError``/``TypeError`` from its checks becomes an op in the graph that raises
+    it (same type, same message) when the compiled function runs. Eager calls are unchanged."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, TypeError) as exc:
+            from .ops import raise_error
+            like = next((x for x in args[1:2] + args[:1] if isinstance(x, torch.Tensor)), None)
+            if like is None:
+                like = torch.empty(0)
+            kind = "TypeError" if isinstance(exc, TypeError) else "ValueError"
+            return raise_error(kind, str(exc), like)
+    return wrapper
+
+
 def _shape(t) -> str:
-    """Python's tuple notation: (), (5,), (3, 6)."""
-    return str(tuple(int(s) for s in t.shape))
+    """Python's tuple notation: (), (5,), (3, 6). (f-strings: Dynamo formats symbolic sizes
+    that way, not through repr.)"""
+    dims = [f"{s}" for s in t.shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def unpack_layer(W, b, rule):
@@ -73,23 +98,46 @@ def agree(rule, tensors):
                              f"on {t.device}")
 
 
+def real(value, name):
+    """``value`` as a Python float if it is one real scalar: an int or float (not a bool), any
+    ``numbers.Real`` (numpy's scalars included) or a 0-d real tensor; ``ValueError`` otherwise.
+    The one check behind every number the API takes."""
+    if isinstance(value, torch.Tensor):
+        ok = (value.dim() == 0 and value.dtype != torch.bool and not value.is_complex())
+    else:
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)))
+    if not ok:
+        raise ValueError(f"{name} must be a real number, got {_describe(value)}")
+    return float(value)
+
+
+def _describe(value):
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {_shape(value)} and dtype {value.dtype}"
+    return repr(value)
+
+
 def finite(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    """``real`` and finite; returns the float."""
+    v = real(value, name)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return v
 
 
 def stabilizer(value, name):
-    finite(value, name)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    v = finite(value, name)
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v!r}")
+    return v
 
 
 def alpha_beta(alpha, beta):
-    finite(alpha, "alpha")
-    finite(beta, "beta")
+    alpha, beta = finite(alpha, "alpha"), finite(beta, "beta")
     if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-9:
         raise ValueError(f"alpha_beta needs alpha >= 0, beta >= 0 and alpha - beta = 1, "
                          f"got alpha={alpha!r}, beta={beta!r}")
+    return alpha, beta
 
 
 def bounds(low, high, a):
@@ -105,8 +153,7 @@ def bounds(low, high, a):
                                  f"{v.device}")
             v = v.detach().to(device=a.device, dtype=a.dtype)
         else:
-            finite(v, name)
-            v = torch.tensor(float(v), dtype=a.dtype, device=a.device)
+            v = torch.tensor(finite(v, name), dtype=a.dtype, device=a.device)
         try:
             shape = torch.broadcast_shapes(v.shape, a.shape)
         except RuntimeError:

@@ -225,6 +225,16 @@ def _explain_fn():
     return fn
 
 
+def check_methods_for_model(model, methods):
+    """LRP composites need a model that torch.fx can trace: a TorchScript module cannot be
+    traced, so only gradient x input (and random) work for it."""
+    lrp = [m for m in methods if m in LRP_COMPOSITES]
+    if lrp and isinstance(model, torch.jit.ScriptModule):
+        raise InputError(f"composite {lrp[0]} needs a model torch.fx can trace, and this is a "
+                         f"TorchScript model: use --composite {GRADIENT_X_INPUT}, or load the "
+                         "model from a torch.save file or a module:factory spec")
+
+
 def forward(model, x):
     """Model output for a batch; a model that rejects the input raises ``InputError``."""
     try:
@@ -236,6 +246,9 @@ def forward(model, x):
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"the model output has shape {shape}; expected (batch, classes)")
+    if not torch.isfinite(out).all():
+        raise InputError(f"the model's output holds NaN or infinite values for an input of shape "
+                         f"{tuple(x.shape)}: nothing to explain")
     return out
 
 
@@ -294,7 +307,7 @@ def attribute(model, x, method, target=None, low=None, high=None, seed=0):
     fn = _explain_fn()
     try:
         rel = fn(model, x, relevance=r_out, composite=method, **kwargs)
-    except (TypeError, ValueError, NotImplementedError, RuntimeError) as exc:
+    except (TypeError, ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
         raise InputError(f"LRP ({method}) failed on this model: {_one_line(exc)}") from None
     if isinstance(rel, tuple):
         rel = rel[0]

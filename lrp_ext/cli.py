@@ -1,19 +1,20 @@
 """``lrp-ext``: the command line (also ``python -m lrp_ext``). See docs/CLI.md.
 
-Commands: demo, explain, explain-dataset, evaluate, bench. Bad input (missing file, unknown
-model, unreadable image, an input shape the model rejects) prints one line naming the problem on
-stderr and exits with code 2, before anything is written.
+Commands: demo, explain, explain-dataset, evaluate, bench. Bad input (a bad option value,
+missing file, unknown model, unreadable image, an input shape the model rejects) prints one line
+naming the problem on stderr and exits with code 2, before anything is written: every option is
+checked before any work starts.
 """
 import argparse
 import datetime
-import json
 import os
 import subprocess
 import sys
 
-from ._models import GRADIENT_X_INPUT, LRP_COMPOSITES, METHODS, RANDOM, InputError
+from ._models import GRADIENT_X_INPUT, METHODS, RANDOM, InputError
 
 EXIT_BAD_INPUT = 2
+EXIT_VERIFY_FAILED = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,6 +22,58 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --------------------------------------------------------------------------- option types
+def _option_type(check, what):
+    """An argparse ``type``: ``check(text)`` or a one-line "must be ..." error (exit 2)."""
+    def parse(text):
+        try:
+            return check(text)
+        except (ValueError, TypeError):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    return parse
+
+
+def _finite_number(text):
+    from ._checks import finite
+    return finite(float(text), "value")
+
+
+def _int_at_least(lo):
+    def check(text):
+        v = int(text)
+        if v < lo:
+            raise ValueError(text)
+        return v
+    return _option_type(check, f"an integer >= {lo}")
+
+
+FINITE = _option_type(_finite_number, "a finite number")
+POSITIVE_INT = _int_at_least(1)
+COUNT = _int_at_least(0)
+SEED = _option_type(lambda t: _check_seed(int(t)), "an integer in [0, 2**32)")
+
+
+def _check_seed(v):
+    if not 0 <= v < 2 ** 32:
+        raise ValueError(v)
+    return v
+
+
+def _cmap(name):
+    from . import viz
+    try:
+        viz.colormap(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
+def _baseline(text):
+    if text in ("mean", "uniform"):
+        return text
+    return _option_type(_finite_number, "a finite number, 'mean' or 'uniform'")(text)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -63,6 +116,8 @@ def _bounds(args, default):
         low = args.low
     if args.high is not None:
         high = args.high
+    if args.low is not None and args.high is not None and args.low >= args.high:
+        raise InputError(f"--low ({args.low}) must be below --high ({args.high})")
     return low, high
 
 
@@ -105,17 +160,19 @@ def cmd_explain(args):
     import torch
 
     from . import viz
-    from ._models import attribute, forward, load_model
-    from .dataset import atomic_path, atomic_write, atomic_write_json, load_inputs
+    from ._models import attribute, check_methods_for_model, forward, load_model, resolve_target
+    from .dataset import TENSOR_EXTS, atomic_path, atomic_write, atomic_write_json, load_inputs
 
     methods = _check_methods(args.composite)
+    _check_out(args.out)
     device = _device(args.device)
     prep = _prep(args)
     x, names = load_inputs(args.input, prep)
     model, desc = load_model(args.model, device)
+    check_methods_for_model(model, methods)
     x = x.to(device)
     out = forward(model, x)
-    from .dataset import TENSOR_EXTS
+    resolve_target(out, args.target)
     images = not any(p.lower().endswith(TENSOR_EXTS) for p in args.input)
     low, high = _bounds(args, prep.bounds() if images else (x.amin(), x.amax()))
     results = {}
@@ -129,7 +186,8 @@ def cmd_explain(args):
     os.makedirs(args.out, exist_ok=True)
     summary = {"model": desc, "inputs": list(args.input), "names": names,
                "targets": t.tolist(), "scores": scores.tolist(), "methods": {}}
-    display = prep.denormalize(x.cpu()) if (prep.mean or prep.std) else x.cpu()
+    # --mean/--std describe image files; tensor files are shown as they are
+    display = prep.denormalize(x.cpu()) if images and (prep.mean or prep.std) else x.cpu()
     for m in methods:
         rel = results[m][0]
         base = os.path.join(args.out, f"relevance-{m}.{args.format}")
@@ -160,6 +218,14 @@ def cmd_explain(args):
     return 0
 
 
+def _check_out(path):
+    """An output folder that exists must be a writable folder (checked before any work)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"--out {path} exists and is not a folder")
+    if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"--out {path} is not writable")
+
+
 def _scale(hw):
     return max(1, 160 // max(int(hw[0]), int(hw[1])))
 
@@ -176,11 +242,17 @@ def _short(m):
 
 # --------------------------------------------------------------------------- explain-dataset
 def cmd_explain_dataset(args):
+    if args.verify is not None:
+        return _verify(args)
+    missing = [o for o in ("model", "data", "out") if getattr(args, o) is None]
+    if missing:
+        args.parser.error("the following arguments are required: "
+                          + ", ".join(f"--{o}" for o in missing))
+
     import torch
 
-    from ._models import forward, load_model
-    from .dataset import (FORMAT, atomic_write_json, check_run_config, explain_dataset,
-                          num_shards, open_dataset, write_index)
+    from ._models import check_methods_for_model, forward, load_model, resolve_target
+    from .dataset import FORMAT, atomic_write_json, check_run_config, lock_output, open_dataset
 
     rank, world = _dist()
     err = None
@@ -205,44 +277,68 @@ def cmd_explain_dataset(args):
         if err is not None:
             raise err
         method = _check_methods([args.composite])[0]
-        if args.batch_size < 1 or args.shard_size < 1:
-            raise InputError("--batch-size and --shard-size must be >= 1")
         if args.shard_size % args.batch_size:
             raise InputError(f"--shard-size ({args.shard_size}) must be a multiple of "
                              f"--batch-size ({args.batch_size})")
+        _check_out(args.out)
         prep = _prep(args)
         data = open_dataset(args.data, prep)
         if len(data) == 0:
             raise InputError(f"data {args.data} holds no samples")
         model, desc = load_model(args.model, device)
+        check_methods_for_model(model, [method])
         x0, _ = data.batch(0, 1)
-        forward(model, x0.to(device))                   # shape check before anything is written
+        # shape and target checks before anything is written
+        resolve_target(forward(model, x0.to(device)), args.target)
         low, high = _bounds(args, data.bounds())
         config = {"format": FORMAT, "model": args.model, "data": os.path.abspath(args.data),
                   "num_samples": len(data), "sample_shape": list(x0.shape[1:]),
                   "method": method, "target": args.target, "low": _bound_value(low),
                   "high": _bound_value(high), "batch_size": args.batch_size,
                   "shard_size": args.shard_size, "preprocess": prep.to_dict(),
-                  "classes": data.classes}
+                  "classes": data.classes,
+                  # torch's CPU kernels sum in an order that depends on the thread count
+                  "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None}
         check_run_config(args.out, config)
     except InputError as exc:
         err = exc
     errors = _errors(err, world)
     if errors:
         return _fail(errors, args, rank)
+    lock = None
     if rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-        if not os.path.exists(os.path.join(args.out, "run.json")):
-            atomic_write_json(os.path.join(args.out, "run.json"), config)
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
+        # one run per folder: the ranks of this run share it through rank 0's lock
+        try:
+            lock = lock_output(args.out)
+            check_run_config(args.out, config)         # again, now that no one else writes
+            if not os.path.exists(os.path.join(args.out, "run.json")):
+                atomic_write_json(os.path.join(args.out, "run.json"), config)
+        except InputError as exc:
+            err = exc
+    try:
+        errors = _errors(err, world)                  # also: the others wait for run.json
+        if errors:
+            return _fail(errors, args, rank)
+        return _explain_dataset(args, model, data, config, method, device, rank, world, low,
+                                high, desc)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _explain_dataset(args, model, data, config, method, device, rank, world, low, high, desc):
+    from .dataset import explain_dataset, num_shards, write_index
+    err = None
     written = 0
+
+    def warn(line):
+        print(f"lrp-ext {args.command}: {line}", file=sys.stderr, flush=True)
+
     try:
         written = explain_dataset(model, data, args.out, method=method, config=config,
                                   batch_size=args.batch_size, shard_size=args.shard_size,
                                   device=device, rank=rank, world_size=world, low=low, high=high,
-                                  target=args.target, progress=not args.no_progress)
+                                  target=args.target, progress=not args.no_progress, log=warn)
     except InputError as exc:
         err = exc
     errors = _errors(err, world)
@@ -250,10 +346,15 @@ def cmd_explain_dataset(args):
         return _fail(errors, args, rank, partial=True)
     index = None
     if rank == 0:
-        index = write_index(args.out, len(data), args.shard_size, config)
+        try:
+            index = write_index(args.out, len(data), args.shard_size, config)
+        except InputError as exc:
+            err = exc
+    errors = _errors(err, world)
+    if errors:
+        return _fail(errors, args, rank, partial=True)
     if world > 1:
         import torch.distributed as dist
-        dist.barrier()
         dist.destroy_process_group()
     total = num_shards(len(data), args.shard_size)
     if rank == 0:
@@ -261,6 +362,25 @@ def cmd_explain_dataset(args):
               f"process(es)); this run computed {written if world == 1 else 'the missing'} "
               f"shard(s), kept the rest")
         print(f"index: {index}")
+    return 0
+
+
+def _verify(args):
+    """``explain-dataset --verify DIR``: exit 0 if the run is intact, 1 (one line per problem)
+    if not, 2 if DIR holds no finished run."""
+    from .dataset import verify_run
+    given = [f"--{o}" for o in ("model", "data", "out") if getattr(args, o) is not None]
+    if given:
+        args.parser.error(f"--verify checks a finished run and takes no {', '.join(given)}")
+    total, problems = verify_run(args.verify)
+    for p in problems:
+        print(f"lrp-ext {args.command}: {p}", file=sys.stderr)
+    if problems:
+        print(f"lrp-ext {args.command}: {args.verify} failed verification ({len(problems)} "
+              "problem(s)); rerun the command that wrote it to recompute damaged shards",
+              file=sys.stderr)
+        return EXIT_VERIFY_FAILED
+    print(f"{args.verify}: {total} shard(s) verified, every length and sha256 matches")
     return 0
 
 
@@ -287,14 +407,11 @@ def cmd_evaluate(args):
     import torch
 
     from . import evaluate as ev
-    from ._models import attribute, forward, load_model
+    from ._models import attribute, check_methods_for_model, forward, load_model, resolve_target
     from .dataset import atomic_path, open_dataset
 
     methods = _check_methods(args.composite)
-    for name in ("max_samples", "steps", "patch_size", "batch_size"):
-        if getattr(args, name) < (0 if name == "max_samples" else 1):
-            raise InputError(f"--{name.replace('_', '-')} must be "
-                             f"{'>= 0' if name == 'max_samples' else '>= 1'}")
+    _check_out(args.out)
     device = _device(args.device)
     prep = _prep(args)
     data = open_dataset(args.data, prep)
@@ -302,16 +419,12 @@ def cmd_evaluate(args):
     if n == 0:
         raise InputError(f"data {args.data} holds no samples")
     model, desc = load_model(args.model, device)
+    check_methods_for_model(model, methods)
     x, _ = data.batch(0, n)
     x = x.to(device)
     out = forward(model, x)
+    resolve_target(out, args.target)
     baseline = args.baseline
-    try:
-        baseline = float(baseline)
-    except ValueError:
-        if baseline not in ("mean", "uniform"):
-            raise InputError(f"--baseline must be a number, 'mean' or 'uniform', got "
-                             f"{baseline!r}") from None
     low, high = _bounds(args, data.bounds())
     target = args.target if args.target is not None else out.argmax(1)
     attributions = {}
@@ -351,6 +464,7 @@ def cmd_evaluate(args):
 # --------------------------------------------------------------------------- demo / bench
 def cmd_demo(args):
     from .demo import run_demo
+    _check_out(args.out)
     return run_demo(out=args.out, epochs=args.epochs, quick=args.quick, seed=args.seed,
                     cmap=args.cmap, eval_samples=args.eval_samples)
 
@@ -382,8 +496,8 @@ def cmd_bench(args, extra):
 
 
 # --------------------------------------------------------------------------- parser
-def _add_model_opts(p, many=True, default=("epsilon_gamma_box",)):
-    p.add_argument("--model", required=True, metavar="SPEC",
+def _add_model_opts(p, many=True, default=("epsilon_gamma_box",), required=True):
+    p.add_argument("--model", required=required, metavar="SPEC",
                    help="torchvision model name (built with weights=None: random weights, "
                         "nothing is downloaded), module:factory, or a TorchScript / "
                         "torch.save(model) file")
@@ -394,12 +508,12 @@ def _add_model_opts(p, many=True, default=("epsilon_gamma_box",)):
     else:
         p.add_argument("--composite", default=default[0], metavar="NAME",
                        help=f"one of: {', '.join(METHODS)} (default: {default[0]})")
-    p.add_argument("--target", type=int, default=None,
+    p.add_argument("--target", type=COUNT, default=None,
                    help="class to explain (default: each input's predicted class)")
-    p.add_argument("--low", type=float, default=None,
+    p.add_argument("--low", type=FINITE, default=None,
                    help="lowest input value for epsilon_gamma_box (default: the data's range; "
                         "for images the normalised value of 0)")
-    p.add_argument("--high", type=float, default=None,
+    p.add_argument("--high", type=FINITE, default=None,
                    help="highest input value for epsilon_gamma_box (default: the data's range;"
                         " for images the normalised value of 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: auto)")
@@ -409,10 +523,10 @@ def _add_prep_opts(p):
     g = p.add_argument_group("image preprocessing (image files only)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=3,
                    help="3: RGB (default), 1: greyscale")
-    g.add_argument("--resize", type=int, nargs="+", metavar=("H", "W"),
+    g.add_argument("--resize", type=POSITIVE_INT, nargs="+", metavar=("H", "W"),
                    help="resize images to H x W (W defaults to H)")
-    g.add_argument("--mean", type=float, nargs="+", help="per-channel mean to subtract")
-    g.add_argument("--std", type=float, nargs="+", help="per-channel std to divide by")
+    g.add_argument("--mean", type=FINITE, nargs="+", help="per-channel mean to subtract")
+    g.add_argument("--std", type=FINITE, nargs="+", help="per-channel std to divide by")
     g.add_argument("--imagenet", action="store_true",
                    help="normalise with the ImageNet mean/std (torchvision models)")
 
@@ -431,13 +545,13 @@ def build_parser():
                        "composites and gradient x input, write heatmap grids, the model and the "
                        "test set, and print accuracy, conservation and faithfulness.")
     d.add_argument("--out", default="lrp-ext-demo", help="output folder (default: lrp-ext-demo)")
-    d.add_argument("--epochs", type=int, default=8, help="training epochs (default: 8)")
+    d.add_argument("--epochs", type=POSITIVE_INT, default=8, help="training epochs (default: 8)")
     d.add_argument("--quick", action="store_true",
                    help="smallest budget (2 epochs, few evaluation samples), for tests")
-    d.add_argument("--eval-samples", type=int, default=300,
+    d.add_argument("--eval-samples", type=POSITIVE_INT, default=300,
                    help="test digits used for the faithfulness evaluation (default: 300)")
-    d.add_argument("--cmap", default="bwr", help=f"colour map ({', '.join(viz.CMAPS)}, ...)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--cmap", type=_cmap, default="bwr", help=f"colour map ({', '.join(viz.CMAPS)}, ...)")
+    d.add_argument("--seed", type=SEED, default=0)
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("explain", help="heatmaps and relevance for image or tensor files",
@@ -450,7 +564,7 @@ def build_parser():
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--format", choices=("npy", "pt"), default="npy",
                    help="raw relevance format (default: npy)")
-    e.add_argument("--cmap", default="bwr", help=f"colour map ({', '.join(viz.CMAPS)}, ...)")
+    e.add_argument("--cmap", type=_cmap, default="bwr", help=f"colour map ({', '.join(viz.CMAPS)}, ...)")
     _add_prep_opts(e)
     e.set_defaults(func=cmd_explain)
 
@@ -462,15 +576,18 @@ def build_parser():
                        " last. Rerunning after an interruption keeps finished shards and "
                        "completes the rest. Under torchrun --nproc_per_node=K each process "
                        "computes shards s with s %% K == rank (gloo on CPU, nccl on GPU).")
-    _add_model_opts(s, many=False)
-    s.add_argument("--data", required=True, help="image folder or tensor file")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--batch-size", type=int, default=32, help="default: 32")
-    s.add_argument("--shard-size", type=int, default=256,
+    _add_model_opts(s, many=False, required=False)
+    s.add_argument("--data", help="image folder or tensor file (required)")
+    s.add_argument("--out", help="output folder (required)")
+    s.add_argument("--verify", metavar="DIR",
+                   help="check the finished run in DIR (every shard's length and sha256) "
+                        "without running the model; no other option is needed")
+    s.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="default: 32")
+    s.add_argument("--shard-size", type=POSITIVE_INT, default=256,
                    help="samples per shard, a multiple of --batch-size (default: 256)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_prep_opts(s)
-    s.set_defaults(func=cmd_explain_dataset)
+    s.set_defaults(func=cmd_explain_dataset, parser=s)
 
     v = sub.add_parser("evaluate", help="pixel-flipping / region-perturbation faithfulness of "
                        "composites vs gradient x input vs random",
@@ -481,17 +598,17 @@ def build_parser():
     _add_model_opts(v, default=("epsilon_gamma_box", "epsilon_plus", "epsilon_alpha2_beta1"))
     v.add_argument("--data", required=True, help="image folder or tensor file")
     v.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
-    v.add_argument("--max-samples", type=int, default=256,
+    v.add_argument("--max-samples", type=COUNT, default=256,
                    help="use the first N samples (default: 256; 0 = all)")
-    v.add_argument("--steps", type=int, default=16, help="perturbation steps (default: 16)")
-    v.add_argument("--patch-size", type=int, default=1,
+    v.add_argument("--steps", type=POSITIVE_INT, default=16, help="perturbation steps (default: 16)")
+    v.add_argument("--patch-size", type=POSITIVE_INT, default=1,
                    help="region side in pixels (default: 1 = pixel flipping)")
-    v.add_argument("--baseline", default="0",
+    v.add_argument("--baseline", type=_baseline, default=0.0,
                    help="value of removed regions: a number, 'mean' or 'uniform' (default: 0)")
     v.add_argument("--score", choices=("logit", "prob"), default="logit",
                    help="score tracked for the explained class (default: logit)")
-    v.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    v.add_argument("--seed", type=int, default=0, help="seed of the random attribution")
+    v.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="default: 64")
+    v.add_argument("--seed", type=SEED, default=0, help="seed of the random attribution")
     _add_prep_opts(v)
     v.set_defaults(func=cmd_evaluate)
 

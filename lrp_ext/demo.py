@@ -34,6 +34,10 @@ def _one_per_class(y, classes=10):
 
 def run_demo(out="lrp-ext-demo", epochs=8, quick=False, seed=0, cmap="bwr", eval_samples=300,
              log=print):
+    viz.colormap(cmap)                       # an unknown name fails now, not after training
+    for name, v in (("epochs", epochs), ("eval_samples", eval_samples)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     # the model is tiny: one thread is fastest (more only add synchronisation, which is costly
     # on a busy machine) and keeps the numbers independent of the core count
     threads = torch.get_num_threads()

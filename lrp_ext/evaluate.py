@@ -124,6 +124,9 @@ def perturbation_curve(model, x, relevance, target=None, *, order="morf", steps=
                              f"got {baseline!r}")
     else:
         base = _t(baseline).to(x).expand_as(x)
+        if not torch.isfinite(base).all():
+            raise ValueError("baseline must be finite (a NaN or infinite baseline makes every "
+                             "score NaN)")
 
     counts = [int(round(k * fraction * nreg / steps)) for k in range(int(steps) + 1)]
     if target is None:

@@ -45,15 +45,20 @@ def has_compiled_ops(device="cpu") -> bool:
 _compiled_cache: dict = {}
 
 
-def use_compiled(t: torch.Tensor) -> bool:
-    """Whether the compiled op serves tensors like ``t`` (device type and dtype)."""
-    dev_type = t.device.type
+@torch._dynamo.assume_constant_result   # a constant under torch.compile, even on a first call
+def _device_has_kernels(dev_type: str) -> bool:
     ok = _compiled_cache.get(dev_type)
     if ok is None:
         ok = _compiled_cache[dev_type] = has_compiled_ops(dev_type)
         if not ok and dev_type in _DISPATCH_KEY:
             _warn_missing(dev_type)
-    return ok and t.dtype in _KERNEL_DTYPES.get(dev_type, ())
+    return ok
+
+
+def use_compiled(t: torch.Tensor) -> bool:
+    """Whether the compiled op serves tensors like ``t`` (device type and dtype)."""
+    dev_type = t.device.type
+    return _device_has_kernels(dev_type) and t.dtype in _KERNEL_DTYPES.get(dev_type, ())
 
 
 def _warn_missing(dev_type):
@@ -92,6 +97,22 @@ def _make_fake(name):
         torch._check(R.shape[:-1] == a.shape[:-1], lambda: f"{name}: batch dims of R and a differ")
         return torch.empty(a.shape, dtype=a.dtype, device=a.device)
     return fake
+
+
+# An argument error found while torch.compile traces a public function: the trace cannot raise
+# (Dynamo turns that into torch._dynamo.exc.Unsupported under fullgraph=True), so the graph gets
+# this op instead, which raises the same exception with the same message when the graph runs.
+_ERRORS = {"ValueError": ValueError, "TypeError": TypeError}
+
+
+@torch.library.custom_op("lrp_ext_checks::raise_error", mutates_args=())
+def raise_error(kind: str, message: str, like: torch.Tensor) -> torch.Tensor:
+    raise _ERRORS[kind](message)
+
+
+@raise_error.register_fake
+def _(kind, message, like):
+    return torch.empty_like(like)
 
 
 if _loaded():

@@ -2,13 +2,17 @@
 
 Every function computes exactly the definition in the project's rule specification
 (``docs/rules.md``), with ordinary PyTorch operations in the dtype of its inputs (float64
-included).  They are used as the reference in the tests and as the fallback wherever the
+included), except that float16 and bfloat16 are computed in float32 and rounded once at the end,
+as the kernels do (in float16 itself ``R / 1e-6`` overflows and ``inf * 0`` gives NaN).
+They are used as the reference in the tests and as the fallback wherever the
 compiled kernels are missing.
 
 Shapes: ``R`` (..., O), ``a`` (..., I), ``W`` (O, I), ``b`` (O,) or None.  Result (..., I).
 Arguments are validated exactly as by the compiled entry points (see ``lrp_ext._checks``).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -21,6 +25,21 @@ __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square
 def stabilize(z: torch.Tensor, e: float) -> torch.Tensor:
     """``z + e * sgn(z)`` with ``sgn(z) = +1`` for ``z >= 0`` (also -0.0) and -1 otherwise."""
     return z + e * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _in_float32(fn):
+    """Run ``fn(R, a, ...)`` in float32 when ``a`` is float16/bfloat16; round the result once."""
+    @functools.wraps(fn)
+    def wrapper(*args):
+        dtype = args[1].dtype
+        if dtype not in _LOW_PRECISION:
+            return fn(*args)
+        up = [x.float() if isinstance(x, torch.Tensor) else x for x in args]
+        return fn(*up).to(dtype)
+    return wrapper
 
 
 def _pos(x):
@@ -36,30 +55,37 @@ def _fwd(x, W, b=None):
     return z if b is None else z + b
 
 
+@_in_float32
 def _epsilon(R, a, W, b, e):
     z = _fwd(a, W, b)
     s = R / stabilize(z, e)
     return a * (s @ W)
 
 
+@_checks.traceable
 def epsilon(R, a, W, b=None, epsilon: float = 1e-6):
     """LRP-ε: ``z = a Wᵀ + b``, ``s = R / stab(z, ε)``, ``R_in = a ⊙ (s W)``."""
     R, a, W, b = _checks.dense(R, a, W, b, "epsilon")
-    _checks.stabilizer(epsilon, "epsilon")
-    return _epsilon(R, a, W, b, epsilon)
+    return _epsilon(R, a, W, b, _checks.stabilizer(epsilon, "epsilon"))
 
 
+@_checks.traceable
 def zero(R, a, W, b=None):
     """LRP-0: LRP-ε with ε = 1e-9 (only guards exact zeros)."""
     R, a, W, b = _checks.dense(R, a, W, b, "zero")
     return _epsilon(R, a, W, b, 1e-9)
 
 
+@_checks.traceable
 def gamma(R, a, W, b=None, gamma: float = 0.25, stabilizer: float = 1e-6):
     """Sign-generalised LRP-γ (see the specification's table)."""
     R, a, W, b = _checks.dense(R, a, W, b, "gamma")
-    _checks.finite(gamma, "gamma")
-    _checks.stabilizer(stabilizer, "stabilizer")
+    return _gamma(R, a, W, b, _checks.finite(gamma, "gamma"),
+                  _checks.stabilizer(stabilizer, "stabilizer"))
+
+
+@_in_float32
+def _gamma(R, a, W, b, gamma, stabilizer):
     Wu = W + gamma * _pos(W)
     Wd = W + gamma * _neg(W)
     bu = None if b is None else b + gamma * _pos(b)
@@ -73,6 +99,7 @@ def gamma(R, a, W, b=None, gamma: float = 0.25, stabilizer: float = 1e-6):
     return ap * (sp @ Wu + sn @ Wd) + an * (sp @ Wd + sn @ Wu)
 
 
+@_in_float32
 def _alpha_beta(R, a, W, b, alpha, beta, e):
     Wp, Wn = _pos(W), _neg(W)
     ap, an = _pos(a), _neg(a)
@@ -86,26 +113,31 @@ def _alpha_beta(R, a, W, b, alpha, beta, e):
     return out - beta * (ap * (sb @ Wn) + an * (sb @ Wp))
 
 
+@_checks.traceable
 def alpha_beta(R, a, W, b=None, alpha: float = 2.0, beta: float = 1.0,
                stabilizer: float = 1e-6):
     """LRP-αβ; requires α ≥ 0, β ≥ 0 and α − β = 1 (``ValueError`` otherwise)."""
     R, a, W, b = _checks.dense(R, a, W, b, "alpha_beta")
-    _checks.alpha_beta(alpha, beta)
-    _checks.stabilizer(stabilizer, "stabilizer")
-    return _alpha_beta(R, a, W, b, alpha, beta, stabilizer)
+    alpha, beta = _checks.alpha_beta(alpha, beta)
+    return _alpha_beta(R, a, W, b, alpha, beta, _checks.stabilizer(stabilizer, "stabilizer"))
 
 
+@_checks.traceable
 def z_plus(R, a, W, b=None, stabilizer: float = 1e-6):
     """LRP-z⁺: LRP-αβ with α = 1, β = 0."""
     R, a, W, b = _checks.dense(R, a, W, b, "z_plus")
-    _checks.stabilizer(stabilizer, "stabilizer")
-    return _alpha_beta(R, a, W, b, 1.0, 0.0, stabilizer)
+    return _alpha_beta(R, a, W, b, 1.0, 0.0, _checks.stabilizer(stabilizer, "stabilizer"))
 
 
+@_checks.traceable
 def flat(R, a, W, b=None, stabilizer: float = 1e-6):
     """Flat rule: inputs and weights replaced by ones, bias dropped."""
     R, a, W, b = _checks.dense(R, a, W, b, "flat")
-    _checks.stabilizer(stabilizer, "stabilizer")
+    return _flat(R, a, W, _checks.stabilizer(stabilizer, "stabilizer"))
+
+
+@_in_float32
+def _flat(R, a, W, stabilizer):
     ones_a = torch.ones_like(a)
     ones_W = torch.ones_like(W)
     z = _fwd(ones_a, ones_W)
@@ -113,21 +145,31 @@ def flat(R, a, W, b=None, stabilizer: float = 1e-6):
     return s @ ones_W
 
 
+@_checks.traceable
 def w_square(R, a, W, b=None, stabilizer: float = 1e-6):
     """LRP-w²: input replaced by ones, ``z = 1 (W²)ᵀ + b²``; the activation never multiplies."""
     R, a, W, b = _checks.dense(R, a, W, b, "w_square")
-    _checks.stabilizer(stabilizer, "stabilizer")
+    return _w_square(R, a, W, b, _checks.stabilizer(stabilizer, "stabilizer"))
+
+
+@_in_float32
+def _w_square(R, a, W, b, stabilizer):
     W2 = W * W
     z = _fwd(torch.ones_like(a), W2, None if b is None else b * b)
     s = R / stabilize(z, stabilizer)
     return s @ W2
 
 
+@_checks.traceable
 def z_box(R, a, W, b=None, low=None, high=None, stabilizer: float = 1e-6):
     """LRP-z^B for the input layer; ``low``/``high`` are floats or tensors broadcastable to a."""
     R, a, W, b = _checks.dense(R, a, W, b, "z_box")
     low, high = _checks.bounds(low, high, a)
-    _checks.stabilizer(stabilizer, "stabilizer")
+    return _z_box(R, a, W, low, high, _checks.stabilizer(stabilizer, "stabilizer"))
+
+
+@_in_float32
+def _z_box(R, a, W, low, high, stabilizer):
     Wp, Wn = _pos(W), _neg(W)
     z = a @ W.t() - low @ Wp.t() - high @ Wn.t()
     s = R / stabilize(z, stabilizer)

@@ -3,7 +3,9 @@
 ``R`` (..., O) is the relevance at the layer's output, ``a`` (..., I) its input, ``W`` (O, I)
 its weight (or an ``nn.Linear``), ``b`` (O,) or None.  Each returns the relevance at the input,
 (..., I), in ``a``'s dtype.  The math is the project's rule specification (docs/rules.md).
-Results carry no autograd history.
+Results carry no autograd history.  Rule parameters are any real scalars (Python or numpy
+numbers, 0-d tensors).  float16 and bfloat16 are computed in float32 and rounded once at the end
+(by the kernels and by the reference alike).
 """
 from __future__ import annotations
 
@@ -16,15 +18,17 @@ __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square
 _op = torch.ops.lrp_ext
 
 
+@_checks.traceable
 def epsilon(R, a, W, b=None, epsilon: float = 1e-6):
     """LRP-ε: ``z = a Wᵀ + b``, ``s = R / stab(z, ε)``, ``R_in = a ⊙ (s W)``."""
     R, a, W, b = _checks.dense(R, a, W, b, "epsilon")
-    _checks.stabilizer(epsilon, "epsilon")
+    epsilon = _checks.stabilizer(epsilon, "epsilon")
     if ops.use_compiled(a):
-        return _op.epsilon(R, a, W, b, float(epsilon))
+        return _op.epsilon(R, a, W, b, epsilon)
     return reference.epsilon(R, a, W, b, epsilon)
 
 
+@_checks.traceable
 def zero(R, a, W, b=None):
     """LRP-0: LRP-ε with ε = 1e-9."""
     R, a, W, b = _checks.dense(R, a, W, b, "zero")
@@ -33,59 +37,65 @@ def zero(R, a, W, b=None):
     return reference.zero(R, a, W, b)
 
 
+@_checks.traceable
 def gamma(R, a, W, b=None, gamma: float = 0.25, stabilizer: float = 1e-6):
     """Sign-generalised LRP-γ."""
     R, a, W, b = _checks.dense(R, a, W, b, "gamma")
-    _checks.finite(gamma, "gamma")
-    _checks.stabilizer(stabilizer, "stabilizer")
+    gamma = _checks.finite(gamma, "gamma")
+    stabilizer = _checks.stabilizer(stabilizer, "stabilizer")
     if ops.use_compiled(a):
-        return _op.gamma(R, a, W, b, float(gamma), float(stabilizer))
+        return _op.gamma(R, a, W, b, gamma, stabilizer)
     return reference.gamma(R, a, W, b, gamma, stabilizer)
 
 
+@_checks.traceable
 def alpha_beta(R, a, W, b=None, alpha: float = 2.0, beta: float = 1.0,
                stabilizer: float = 1e-6):
     """LRP-αβ (α ≥ 0, β ≥ 0, α − β = 1, else ``ValueError``)."""
     R, a, W, b = _checks.dense(R, a, W, b, "alpha_beta")
-    _checks.alpha_beta(alpha, beta)
-    _checks.stabilizer(stabilizer, "stabilizer")
+    alpha, beta = _checks.alpha_beta(alpha, beta)
+    stabilizer = _checks.stabilizer(stabilizer, "stabilizer")
     if ops.use_compiled(a):
-        return _op.alpha_beta(R, a, W, b, float(alpha), float(beta), float(stabilizer))
+        return _op.alpha_beta(R, a, W, b, alpha, beta, stabilizer)
     return reference.alpha_beta(R, a, W, b, alpha, beta, stabilizer)
 
 
+@_checks.traceable
 def z_plus(R, a, W, b=None, stabilizer: float = 1e-6):
     """LRP-z⁺ (LRP-αβ with α = 1, β = 0)."""
     R, a, W, b = _checks.dense(R, a, W, b, "z_plus")
-    _checks.stabilizer(stabilizer, "stabilizer")
+    stabilizer = _checks.stabilizer(stabilizer, "stabilizer")
     if ops.use_compiled(a):
-        return _op.alpha_beta(R, a, W, b, 1.0, 0.0, float(stabilizer))
+        return _op.alpha_beta(R, a, W, b, 1.0, 0.0, stabilizer)
     return reference.z_plus(R, a, W, b, stabilizer)
 
 
+@_checks.traceable
 def flat(R, a, W, b=None, stabilizer: float = 1e-6):
     """Flat rule: inputs and weights replaced by ones, bias dropped."""
     R, a, W, b = _checks.dense(R, a, W, b, "flat")
-    _checks.stabilizer(stabilizer, "stabilizer")
+    stabilizer = _checks.stabilizer(stabilizer, "stabilizer")
     if ops.use_compiled(a):
-        return _op.flat(R, a, W, float(stabilizer))
+        return _op.flat(R, a, W, stabilizer)
     return reference.flat(R, a, W, b, stabilizer)
 
 
+@_checks.traceable
 def w_square(R, a, W, b=None, stabilizer: float = 1e-6):
     """LRP-w²: ``z = 1 (W²)ᵀ + b²``, ``R_in = (R / stab(z)) W²``."""
     R, a, W, b = _checks.dense(R, a, W, b, "w_square")
-    _checks.stabilizer(stabilizer, "stabilizer")
+    stabilizer = _checks.stabilizer(stabilizer, "stabilizer")
     if ops.use_compiled(a):
-        return _op.w_square(R, a, W, b, float(stabilizer))
+        return _op.w_square(R, a, W, b, stabilizer)
     return reference.w_square(R, a, W, b, stabilizer)
 
 
+@_checks.traceable
 def z_box(R, a, W, b=None, low=None, high=None, stabilizer: float = 1e-6):
     """LRP-z^B for the input layer; ``low``/``high``: floats or tensors broadcastable to a."""
     R, a, W, b = _checks.dense(R, a, W, b, "z_box")
     low, high = _checks.bounds(low, high, a)
-    _checks.stabilizer(stabilizer, "stabilizer")
+    stabilizer = _checks.stabilizer(stabilizer, "stabilizer")
     if ops.use_compiled(a):
-        return _op.z_box(R, a, W, low, high, float(stabilizer))
+        return _op.z_box(R, a, W, low, high, stabilizer)
     return reference.z_box(R, a, W, b, low, high, stabilizer)

@@ -227,7 +227,7 @@ def reference_run(files, tmp_path_factory):
 
 def test_explain_dataset_output(files, reference_run):
     tree = _tree(reference_run)
-    assert sorted(tree) == sorted(["index.json", "run.json"]
+    assert sorted(tree) == sorted([".lock", "index.json", "run.json"]
                                   + [f"shards/relevance-{s:05d}.npy" for s in range(5)]
                                   + [f"shards/meta-{s:05d}.json" for s in range(5)])
     from lrp_ext.dataset import load_index, load_relevance
@@ -362,10 +362,12 @@ def test_demo_quick(demo_dir, capsys):
 def test_evaluate_bad_options(demo_dir, capsys):
     base = ["evaluate", "--model", str(demo_dir / "digits_cnn.pt"), "--data",
             str(demo_dir / "digits_test.pt")]
-    assert main(base + ["--steps", "0"]) == 2
-    assert "--steps must be >= 1" in capsys.readouterr().err
-    assert main(base + ["--baseline", "blur"]) == 2
-    assert "--baseline" in capsys.readouterr().err
+    for bad, message in ((["--steps", "0"], "argument --steps: must be an integer >= 1"),
+                         (["--baseline", "blur"], "argument --baseline: must be a finite number,"
+                                                  " 'mean' or 'uniform', got 'blur'")):
+        with pytest.raises(SystemExit) as e:                 # argparse's exit
+            main(base + bad)
+        assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_evaluate_lrp_beats_random(demo_dir, tmp_path, capsys):

@@ -130,7 +130,7 @@ class TestShapes:
         for bad in (-1e-3, math.nan, math.inf):
             with pytest.raises(ValueError, match=name):
                 _call(impl, rule, R, a, W, b, **{name: bad})
-        for bad in ("0.1", None, True, torch.tensor(0.1)):
+        for bad in ("0.1", None, True, torch.tensor([0.1])):   # a 0-d tensor is a number
             with pytest.raises((ValueError, TypeError), match=name):
                 _call(impl, rule, R, a, W, b, **{name: bad})
 
