@@ -83,50 +83,45 @@ class Epsilon(_LayerRule):
     name = "epsilon"
 
     def __init__(self, epsilon: float = 1e-6):
-        _checks.stabilizer(epsilon, "epsilon")
-        super().__init__(epsilon=float(epsilon))
+        super().__init__(epsilon=_checks.stabilizer(epsilon, "epsilon"))
 
 
 class Gamma(_LayerRule):
     name = "gamma"
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
-        _checks.finite(gamma, "gamma")
-        _checks.stabilizer(stabilizer, "stabilizer")
-        super().__init__(gamma=float(gamma), stabilizer=float(stabilizer))
+        super().__init__(gamma=_checks.finite(gamma, "gamma"),
+                         stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
 
 
 class AlphaBeta(_LayerRule):
     name = "alpha_beta"
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
-        _checks.alpha_beta(alpha, beta)
-        _checks.stabilizer(stabilizer, "stabilizer")
-        super().__init__(alpha=float(alpha), beta=float(beta), stabilizer=float(stabilizer))
+        alpha, beta = _checks.alpha_beta(alpha, beta)
+        super().__init__(alpha=alpha, beta=beta,
+                         stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
 
 
 class ZPlus(_LayerRule):
     name = "z_plus"
 
     def __init__(self, stabilizer: float = 1e-6):
-        _checks.stabilizer(stabilizer, "stabilizer")
-        super().__init__(stabilizer=float(stabilizer))
+        super().__init__(stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
 
 
 class Flat(_LayerRule):
     name = "flat"
 
     def __init__(self, stabilizer: float = 1e-6):
-        _checks.stabilizer(stabilizer, "stabilizer")
-        super().__init__(stabilizer=float(stabilizer))
+        super().__init__(stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
 
 
 class WSquare(_LayerRule):
     name = "w_square"
 
     def __init__(self, stabilizer: float = 1e-6):
-        _checks.stabilizer(stabilizer, "stabilizer")
-        super().__init__(stabilizer=float(stabilizer))
+        super().__init__(stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
 
 
 class ZBox(_LayerRule):
@@ -134,8 +129,8 @@ class ZBox(_LayerRule):
     name = "z_box"
 
     def __init__(self, low=None, high=None, stabilizer: float = 1e-6):
-        _checks.stabilizer(stabilizer, "stabilizer")
-        super().__init__(low=low, high=high, stabilizer=float(stabilizer))
+        super().__init__(low=low, high=high,
+                         stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
 
     def __eq__(self, other):
         return self is other
@@ -151,8 +146,7 @@ class Norm(Rule):
     name = "norm"
 
     def __init__(self, stabilizer: float = 1e-6):
-        _checks.stabilizer(stabilizer, "stabilizer")
-        super().__init__(stabilizer=float(stabilizer))
+        super().__init__(stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
 
 
 class Gradient(Rule):

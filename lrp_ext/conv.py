@@ -222,6 +222,12 @@ def _run(rule, R, a, layer, bias, hyper, body, output=None, extra_inputs=()):
     else:
         spec = conv_spec(layer, bias, rule=rule, **hyper)
     R, a, output, unbatched = _prepare(R, a, spec, rule, output)
+    dtype = a.dtype
+    if dtype in _LOW_PRECISION:  # float16 overflows at R / 1e-6: compute in float32, round once
+        R, a = R.float(), a.float()
+        output = None if output is None else output.float()
+        spec = _float_spec(spec)
+        extra_inputs = tuple(x.float() for x in extra_inputs)
     with torch.no_grad():
         if spec.pre_pad is None:
             out = body(R, a, spec, output, *extra_inputs)
@@ -244,8 +250,17 @@ def _run(rule, R, a, layer, bias, hyper, body, output=None, extra_inputs=()):
                 with torch.enable_grad():
                     ar = a.detach().requires_grad_(True)
                     out, = torch.autograd.grad(F.pad(ar, pad, mode=mode), ar, Rp)
-    out = out.contiguous()
+    out = out.to(dtype).contiguous()
     return out.squeeze(0) if unbatched else out
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _float_spec(spec):
+    out = spec.with_params(spec.weight.float(), None if spec.bias is None else spec.bias.float())
+    out.known_nonneg = spec.known_nonneg
+    return out
 
 
 def apply_spec(rule, R, a, spec: ConvSpec, *, output=None, nonneg=False, **params):
@@ -305,6 +320,12 @@ def rule_backward(rule, R, a, spec: ConvSpec, *, output=None, nonneg=False, low=
     spec.known_nonneg = bool(nonneg)
     body = _BODIES[rule](params)
     coef = rule in COEF_RULES
+    dtype = a.dtype
+    if dtype in _LOW_PRECISION:
+        R, a, spec = R.float(), a.float(), _float_spec(spec)
+        output = None if output is None else output.float()
+        low = low.float() if isinstance(low, torch.Tensor) else low
+        high = high.float() if isinstance(high, torch.Tensor) else high
     with torch.no_grad():
         extra = ()
         if rule == "z_box":
@@ -331,6 +352,7 @@ def rule_backward(rule, R, a, spec: ConvSpec, *, output=None, nonneg=False, low=
                 lft, rgt = pad[2 * (spec.nd - 1 - d)], pad[2 * (spec.nd - 1 - d) + 1]
                 sl.append(slice(lft, ap.shape[2 + d] - rgt))
             out = tuple(None if t is None else t[tuple(sl)] for t in out)
+    out = tuple(None if t is None else t.to(dtype) for t in out)
     if coef:
         return out
     return out[0], "relevance"
@@ -570,15 +592,17 @@ def _z_box_body(e):
 # ---------------------------------------------------------------------------------------------
 # public rules
 # ---------------------------------------------------------------------------------------------
+@_checks.traceable
 def epsilon(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
             transposed=False, output_padding=0, epsilon: float = 1e-6, output=None):
     """LRP-ε for a convolution: ``s = R / stab(conv(a) + b, ε)``, ``R_in = a ⊙ convᵀ(s)``."""
-    _checks.stabilizer(epsilon, "epsilon")
+    e = _checks.stabilizer(epsilon, "epsilon")
     return _run("epsilon", R, a, layer, bias,
                 _hyper(stride, padding, dilation, groups, transposed, output_padding),
-                _epsilon_body(float(epsilon)), output)
+                _epsilon_body(e), output)
 
 
+@_checks.traceable
 def zero(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
          transposed=False, output_padding=0, output=None):
     """LRP-0 for a convolution: LRP-ε with ε = 1e-9."""
@@ -587,59 +611,65 @@ def zero(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                 _epsilon_body(1e-9), output)
 
 
+@_checks.traceable
 def gamma(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
           transposed=False, output_padding=0, gamma: float = 0.25, stabilizer: float = 1e-6,
           output=None):
     """Sign-generalised LRP-γ for a convolution."""
-    _checks.finite(gamma, "gamma")
-    _checks.stabilizer(stabilizer, "stabilizer")
+    g = _checks.finite(gamma, "gamma")
+    e = _checks.stabilizer(stabilizer, "stabilizer")
     return _run("gamma", R, a, layer, bias,
                 _hyper(stride, padding, dilation, groups, transposed, output_padding),
-                _gamma_body(float(gamma), float(stabilizer)), output)
+                _gamma_body(g, e), output)
 
 
+@_checks.traceable
 def alpha_beta(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                transposed=False, output_padding=0, alpha: float = 2.0, beta: float = 1.0,
                stabilizer: float = 1e-6, output=None):
     """LRP-αβ for a convolution (α ≥ 0, β ≥ 0, α − β = 1, else ``ValueError``)."""
-    _checks.alpha_beta(alpha, beta)
-    _checks.stabilizer(stabilizer, "stabilizer")
+    alpha, beta = _checks.alpha_beta(alpha, beta)
+    e = _checks.stabilizer(stabilizer, "stabilizer")
     return _run("alpha_beta", R, a, layer, bias,
                 _hyper(stride, padding, dilation, groups, transposed, output_padding),
-                _alpha_beta_body(float(alpha), float(beta), float(stabilizer)), output)
+                _alpha_beta_body(alpha, beta, e), output)
 
 
+@_checks.traceable
 def z_plus(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
            transposed=False, output_padding=0, stabilizer: float = 1e-6):
     """LRP-z⁺ for a convolution (LRP-αβ with α = 1, β = 0)."""
-    _checks.stabilizer(stabilizer, "stabilizer")
+    e = _checks.stabilizer(stabilizer, "stabilizer")
     return _run("z_plus", R, a, layer, bias,
                 _hyper(stride, padding, dilation, groups, transposed, output_padding),
-                _alpha_beta_body(1.0, 0.0, float(stabilizer)))
+                _alpha_beta_body(1.0, 0.0, e))
 
 
+@_checks.traceable
 def flat(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
          transposed=False, output_padding=0, stabilizer: float = 1e-6):
     """Flat rule for a convolution: input and weight replaced by ones, bias dropped."""
-    _checks.stabilizer(stabilizer, "stabilizer")
+    e = _checks.stabilizer(stabilizer, "stabilizer")
     return _run("flat", R, a, layer, bias,
                 _hyper(stride, padding, dilation, groups, transposed, output_padding),
-                _flat_body(float(stabilizer)))
+                _flat_body(e))
 
 
+@_checks.traceable
 def w_square(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
              transposed=False, output_padding=0, stabilizer: float = 1e-6):
     """LRP-w² for a convolution: input replaced by ones, ``z = conv(1, W²) + b²``."""
-    _checks.stabilizer(stabilizer, "stabilizer")
+    e = _checks.stabilizer(stabilizer, "stabilizer")
     return _run("w_square", R, a, layer, bias,
                 _hyper(stride, padding, dilation, groups, transposed, output_padding),
-                _w_square_body(float(stabilizer)))
+                _w_square_body(e))
 
 
+@_checks.traceable
 def z_box(R, a, layer, bias=None, *, low=None, high=None, stride=1, padding=0, dilation=1,
           groups=1, transposed=False, output_padding=0, stabilizer: float = 1e-6):
     """LRP-z^B for a convolution (input layer); the bias cancels and is ignored."""
-    _checks.stabilizer(stabilizer, "stabilizer")
+    e = _checks.stabilizer(stabilizer, "stabilizer")
     if isinstance(a, torch.Tensor):
         nd_a = a
         spec_nd = None
@@ -657,4 +687,4 @@ def z_box(R, a, layer, bias=None, *, low=None, high=None, stride=1, padding=0, d
         low_ = high_ = None
     return _run("z_box", R, a, layer, bias,
                 _hyper(stride, padding, dilation, groups, transposed, output_padding),
-                _z_box_body(float(stabilizer)), None, (low_, high_))
+                _z_box_body(e), None, (low_, high_))

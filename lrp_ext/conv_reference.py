@@ -11,6 +11,8 @@ conv module or a weight tensor.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +33,9 @@ class _Layer:
     def __init__(self, layer, bias, hyper, rule):
         self.spec = spec = parse(layer, bias, rule=rule, **hyper)
         self.W, self.b = spec.weight, spec.bias
+        if self.W.dtype in _LOW_PRECISION:  # float16/bfloat16 in float32, rounded once
+            self.W = self.W.float()
+            self.b = None if self.b is None else self.b.float()
 
     def _pad(self, x):
         if self.spec.pre_pad is None:
@@ -56,11 +61,25 @@ class _Layer:
         return g
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 def _args(R, a, rule):
     for name, t in (("R", R), ("a", a)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{rule}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if a.dtype in _LOW_PRECISION:
+        return R.detach().float(), a.detach().float()
     return R.detach(), a.detach()
+
+
+def _rounded(fn):
+    """The result in ``a``'s dtype (float16/bfloat16 inputs are computed in float32)."""
+    @functools.wraps(fn)
+    def wrapper(R, a, *args, **kwargs):
+        out = fn(R, a, *args, **kwargs)
+        return out.to(a.dtype) if isinstance(a, torch.Tensor) else out
+    return wrapper
 
 
 def _pos(x):
@@ -82,6 +101,7 @@ def _epsilon(R, a, L, e):
     return a * L.t(s, a.shape, L.W)
 
 
+@_rounded
 def epsilon(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
             transposed=False, output_padding=0, epsilon: float = 1e-6):
     """LRP-ε: ``z = conv(a, W) + b``; ``s = R / stab(z, ε)``; ``R_in = a ⊙ convᵀ(s, W)``."""
@@ -92,6 +112,7 @@ def epsilon(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1
     return _epsilon(R, a, L, epsilon)
 
 
+@_rounded
 def zero(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
          transposed=False, output_padding=0):
     """LRP-0: LRP-ε with ε = 1e-9."""
@@ -101,6 +122,7 @@ def zero(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     return _epsilon(R, a, L, 1e-9)
 
 
+@_rounded
 def gamma(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
           transposed=False, output_padding=0, gamma: float = 0.25, stabilizer: float = 1e-6):
     """Sign-generalised LRP-γ, term by term as in the specification's table."""
@@ -137,6 +159,7 @@ def _alpha_beta(R, a, L, alpha, beta, e):
             - beta * (ap * t(sb, a.shape, Wn) + an * t(sb, a.shape, Wp)))
 
 
+@_rounded
 def alpha_beta(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                transposed=False, output_padding=0, alpha: float = 2.0, beta: float = 1.0,
                stabilizer: float = 1e-6):
@@ -149,6 +172,7 @@ def alpha_beta(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, group
     return _alpha_beta(R, a, L, alpha, beta, stabilizer)
 
 
+@_rounded
 def z_plus(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
            transposed=False, output_padding=0, stabilizer: float = 1e-6):
     """LRP-z⁺: LRP-αβ with α = 1, β = 0."""
@@ -159,6 +183,7 @@ def z_plus(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     return _alpha_beta(R, a, L, 1.0, 0.0, stabilizer)
 
 
+@_rounded
 def flat(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
          transposed=False, output_padding=0, stabilizer: float = 1e-6):
     """Flat: ones as input and weight, bias dropped (receptive-field counts)."""
@@ -172,6 +197,7 @@ def flat(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     return L.t(s, a.shape, ones_W)
 
 
+@_rounded
 def w_square(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
              transposed=False, output_padding=0, stabilizer: float = 1e-6):
     """LRP-w²: ones as input, ``z = conv(1, W²) + b²``, ``R_in = convᵀ(R / stab(z), W²)``."""
@@ -185,6 +211,7 @@ def w_square(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=
     return L.t(s, a.shape, W2)
 
 
+@_rounded
 def z_box(R, a, layer, bias=None, *, low=None, high=None, stride=1, padding=0, dilation=1,
           groups=1, transposed=False, output_padding=0, stabilizer: float = 1e-6):
     """LRP-z^B: ``z = conv(a, W) − conv(low, W⁺) − conv(high, W⁻)`` (bias ignored)."""

@@ -198,3 +198,44 @@ def test_compile_error_after_dynamic_recompile(_fresh_dynamo):
     with pytest.raises(ValueError, match=r"^gamma: batch dims of R and a differ: R \(7, 6\) vs "
                                          r"a \(8, 4\)$"):
         compiled(torch.rand(7, 6), torch.rand(8, 4), torch.rand(6, 4), None)
+
+
+# --------------------------------------------------------------------------- conv rules
+CONV_RULES = ("zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box")
+
+
+@pytest.mark.parametrize("rule", CONV_RULES)
+@pytest.mark.parametrize("impl", ["conv", "conv_reference"])
+def test_conv_half_in_float32(rule, impl):
+    """Conv rules in float16/bfloat16: computed in float32 and rounded once — finite where
+    R / 1e-6 overflows float16, and close to the float64 reference."""
+    import lrp_ext
+    from lrp_ext import conv_reference
+    fn = getattr(lrp_ext.conv if impl == "conv" else conv_reference, rule)
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(2, 3, 6, 6, generator=g)
+    W = torch.randn(4, 3, 3, 3, generator=g)
+    R = torch.rand(2, 4, 4, 4, generator=g)
+    kw = dict(low=0.0, high=1.0) if rule == "z_box" else {}
+    for dtype in (torch.float16, torch.bfloat16):
+        got = fn(R.to(dtype), a.to(dtype), W.to(dtype), **kw)
+        assert got.dtype == dtype and torch.isfinite(got).all(), (rule, dtype)
+        # inputs rounded to dtype move the result by a few of its ulps
+        want = getattr(conv_reference, rule)(R.to(dtype).double(), a.to(dtype).double(),
+                                             W.to(dtype).double(), **kw)
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert err <= 4 * torch.finfo(dtype).eps, (rule, dtype, float(err))
+    zero_a = torch.zeros_like(a).half()  # every z is 0: only the stabiliser remains
+    assert not torch.isnan(fn(R.half(), zero_a, W.half(), **kw)).any()
+
+
+@pytest.mark.parametrize("value", SCALARS, ids=[repr(v) for v in SCALARS])
+def test_conv_and_composite_take_any_real_scalar(value):
+    import lrp_ext
+    g = torch.Generator().manual_seed(2)
+    a, W, R = torch.rand(1, 2, 5, 5, generator=g), torch.randn(3, 2, 3, 3, generator=g), \
+        torch.rand(1, 3, 3, 3, generator=g)
+    want = lrp_ext.conv.gamma(R, a, W, gamma=float(value), stabilizer=float(value))
+    torch.testing.assert_close(lrp_ext.conv.gamma(R, a, W, gamma=value, stabilizer=value), want)
+    rule = lrp_ext.composite.Gamma(value, value)
+    assert rule.params == {"gamma": float(value), "stabilizer": float(value)}
