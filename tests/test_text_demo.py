@@ -70,3 +70,12 @@ def test_deletion_beats_random(result):
     # clearly: by more than a tenth of the pairs' mean similarity
     mean_cos = sum(r["cosine"] for r in result["pairs"]) / len(result["pairs"])
     assert result["faithfulness"] > 0.1 * mean_cos, result["faithfulness"]
+
+
+def test_cli_demo_text(tmp_path):
+    """``lrp-ext demo --text`` writes the heatmaps and exits 0 (faithfulness above random)."""
+    from lrp_ext.cli import main
+    out = tmp_path / "text"
+    assert main(["demo", "--text", "--quick", "--out", str(out)]) == 0
+    assert (out / "text_heatmaps.png").stat().st_size > 0
+    assert (out / "text_heatmaps.html").stat().st_size > 0
