@@ -46,6 +46,13 @@ template <class T> LRP_HD void signed_term(T x, T w, T& P, T& M) {
   P += pos(p);
   M += neg(p);
 }
+// The same sums as alpha_beta's reference forms them, a⁺W⁺ + a⁻W⁻ and a⁺W⁻ + a⁻W⁺ (NaN from
+// inf·0 included: z_α and z_β are defined that way). Equal to signed_term for finite values.
+template <class T> LRP_HD void split_term(T x, T w, T& P, T& M) {
+  const T xp = pos(x), xn = neg(x), wp = pos(w), wn = neg(w);
+  P += xp * wp + xn * wn;
+  M += xp * wn + xn * wp;
+}
 // Forward term of z_box: u w⁺ + v w⁻ as one product (u = a − low, v = a − high): the reference
 // forms a·w − low·w⁺ − high·w⁻, which has no inf·0 for an infinite a and w ≠ 0.
 template <class T> LRP_HD T box_term(T u, T v, T w) { return (w > T(0) ? u : v) * w; }

@@ -250,6 +250,9 @@ fwd_fused_kernel(const T* __restrict__ a, const T* __restrict__ lo, const T* __r
   for (int n = 0; n < kNT; ++n) { s1[n] = acc_t(0); s2[n] = acc_t(0); }
   bool seen_neg = false;
   const bool track = MODE == F_SIGNED && negflag != nullptr && o == 0;  // warp-uniform
+  // the reference's forward sums: z = aWᵀ-like for gamma, a⁺W⁺ + a⁻W⁻ for alpha_beta and z⁺
+  // (they differ only where an input or weight is infinite)
+  const bool split = MODE == F_SIGNED && prm.rule != rule::GAMMA;
   const T* __restrict__ Wrow = W + o * I;
 
   for (int64_t i = static_cast<int64_t>(lane) * V; i < I; i += STEP * U) {
@@ -281,8 +284,13 @@ fwd_fused_kernel(const T* __restrict__ a, const T* __restrict__ lo, const T* __r
 #pragma unroll
             for (int j = 0; j < V; ++j) s1[n] += rule::box_term(x[j] - l[j], x[j] - h[j], w[j]);
           } else if (MODE == F_SIGNED) {
+            if (split) {  // alpha_beta, z⁺
 #pragma unroll
-            for (int j = 0; j < V; ++j) rule::signed_term(x[j], w[j], s1[n], s2[n]);
+              for (int j = 0; j < V; ++j) rule::split_term(x[j], w[j], s1[n], s2[n]);
+            } else {  // gamma
+#pragma unroll
+              for (int j = 0; j < V; ++j) rule::signed_term(x[j], w[j], s1[n], s2[n]);
+            }
             if (track) {
 #pragma unroll
               for (int j = 0; j < V; ++j) seen_neg |= x[j] < acc_t(0);
