@@ -23,6 +23,7 @@ TORCH_LIBRARY(lrp_ext, m) {
   m.def("z_box(Tensor R, Tensor a, Tensor W, Tensor low, Tensor high, float stabilizer) -> Tensor");
 }
 
+#include <cmath>
 #include <sstream>
 
 #include "lrp.h"
@@ -79,6 +80,59 @@ void check_bounds(const at::Tensor& a, const at::Tensor& low, const at::Tensor& 
     TORCH_CHECK(ok, "z_box: ", name, " of shape ", shape_str(*p), " is not broadcastable to a ",
                 shape_str(a));
   }
+}
+
+namespace {
+void check_finite(const char* rule, const char* name, double v) {
+  TORCH_CHECK(std::isfinite(v), rule, ": ", name, " must be a finite number, got ", v);
+}
+void check_stabilizer(const char* rule, const char* name, double v) {
+  check_finite(rule, name, v);
+  TORCH_CHECK(v >= 0, rule, ": ", name, " must be >= 0, got ", v);
+}
+}  // namespace
+
+void check_epsilon(const at::Tensor& R, const at::Tensor& a, const at::Tensor& W,
+                   const c10::optional<at::Tensor>& b, double epsilon) {
+  check_dense("epsilon", R, a, W, b);
+  check_stabilizer("epsilon", "epsilon", epsilon);
+}
+
+void check_gamma(const at::Tensor& R, const at::Tensor& a, const at::Tensor& W,
+                 const c10::optional<at::Tensor>& b, double gamma, double stabilizer) {
+  check_dense("gamma", R, a, W, b);
+  check_finite("gamma", "gamma", gamma);
+  check_stabilizer("gamma", "stabilizer", stabilizer);
+}
+
+void check_alpha_beta(const at::Tensor& R, const at::Tensor& a, const at::Tensor& W,
+                      const c10::optional<at::Tensor>& b, double alpha, double beta,
+                      double stabilizer) {
+  check_dense("alpha_beta", R, a, W, b);
+  check_finite("alpha_beta", "alpha", alpha);
+  check_finite("alpha_beta", "beta", beta);
+  TORCH_CHECK(alpha >= 0 && beta >= 0 && std::abs(alpha - beta - 1.0) <= 1e-9,
+              "alpha_beta needs alpha >= 0, beta >= 0 and alpha - beta = 1, got alpha=", alpha,
+              ", beta=", beta);
+  check_stabilizer("alpha_beta", "stabilizer", stabilizer);
+}
+
+void check_flat(const at::Tensor& R, const at::Tensor& a, const at::Tensor& W, double stabilizer) {
+  check_dense("flat", R, a, W, c10::nullopt);
+  check_stabilizer("flat", "stabilizer", stabilizer);
+}
+
+void check_w_square(const at::Tensor& R, const at::Tensor& a, const at::Tensor& W,
+                    const c10::optional<at::Tensor>& b, double stabilizer) {
+  check_dense("w_square", R, a, W, b);
+  check_stabilizer("w_square", "stabilizer", stabilizer);
+}
+
+void check_z_box(const at::Tensor& R, const at::Tensor& a, const at::Tensor& W,
+                 const at::Tensor& low, const at::Tensor& high, double stabilizer) {
+  check_dense("z_box", R, a, W, c10::nullopt);
+  check_bounds(a, low, high);
+  check_stabilizer("z_box", "stabilizer", stabilizer);
 }
 
 }  // namespace lrp_ext

@@ -249,3 +249,162 @@ OPS = {
 def test_opcheck(op):
     R, a, W, b = make_case(op, torch.float32, (2, 3), 7, 16, True, True)
     torch.library.opcheck(getattr(torch.ops.lrp_ext, op).default, OPS[op](R, a, W, b))
+
+
+# ------------------------------------------------------------------------------------------
+# one test per defect found by reading the kernels (see benchmarks/CUDA_NOTES.md)
+# ------------------------------------------------------------------------------------------
+def _mm_shapes(fn):
+    """Input shapes of the aten::mm calls made by fn() (the gemm path's matrix products)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [tuple(tuple(s) for s in e.input_shapes[:2]) for e in prof.events()
+            if e.name == "aten::mm"]
+
+
+def test_z_plus_gemm_uses_w_plus_only(monkeypatch):
+    # z⁺ has one coefficient: for a >= 0 two products with W⁺ (O, I), not the stacked (2O, I)
+    monkeypatch.setenv("LRP_EXT_CUDA_PATH", "gemm")
+    R, a, W, b = make_case("z_plus", torch.float32, (64,), 24, 40, True, False)
+    shapes = _mm_shapes(lambda: lrp_ext.z_plus(R, a, W, b))
+    assert len(shapes) == 2, shapes
+    assert all(48 not in s[0] + s[1] for s in shapes), shapes  # 2O = 48 never appears
+    assert_close(lrp_ext.z_plus(R, a, W, b), ref64("z_plus", R, a, W, b), torch.float32, "z_plus")
+
+
+@pytest.mark.parametrize("rule", ["gamma", "alpha_beta", "z_plus"])
+def test_assume_mixed_is_honoured(rule, monkeypatch):
+    # a >= 0 takes two products, the forced mixed-sign layout four (each of the a >= 0 shape)
+    monkeypatch.setenv("LRP_EXT_CUDA_PATH", "gemm")
+    R, a, W, b = make_case(rule, torch.float32, (64,), 24, 40, True, False)
+    default = _mm_shapes(lambda: run(lrp_ext, rule, R, a, W, b))
+    monkeypatch.setenv("LRP_EXT_ASSUME_MIXED", "1")
+    forced = _mm_shapes(lambda: run(lrp_ext, rule, R, a, W, b))
+    assert (len(default), len(forced)) == (2, 4), (default, forced)
+    out = run(lrp_ext, rule, R, a, W, b)
+    monkeypatch.delenv("LRP_EXT_ASSUME_MIXED")
+    assert torch.equal(out, run(lrp_ext, rule, R, a, W, b))
+
+
+def test_float16_scaling_survives_an_earlier_error(monkeypatch):
+    # an out-of-memory error inside a gemm-path product must propagate (not be taken for a
+    # refused float32-output product) and leave the float16 overflow scaling in place
+    monkeypatch.setenv("LRP_EXT_CUDA_PATH", "gemm")
+    R, a, W, b = make_case("epsilon", torch.float16, (4096,), 4096, 64, False, True)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(a.device).total_memory
+    # room for the inputs and small buffers, not for the (N, O) float32 product (64 MiB)
+    frac = (torch.cuda.memory_allocated() + (40 << 20)) / total
+    torch.cuda.set_per_process_memory_fraction(frac)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            lrp_ext.epsilon(R, a, W, b)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    del R, a, W, b
+    test_float16_huge_coefficients("epsilon", True, "gemm", monkeypatch)
+
+
+@pytest.mark.parametrize("rule", ["epsilon", "gamma", "z_plus"])
+def test_float16_scale_is_per_row(rule, monkeypatch):
+    # row 0's coefficients are ~1e8 (z ~ 1e-4, R 1e4), the others' ~1e-3: one exponent per call
+    # (2^-12) would push those to ~2e-7, deep in float16's subnormals (spacing 6e-8)
+    monkeypatch.setenv("LRP_EXT_CUDA_PATH", "gemm")
+    R, a, W, b = make_case("flat", torch.float16, (40,), 16, 32, False, False)
+    R = R * 1e-3
+    a[0] = 0
+    a[0, 0] = 1e-4
+    W[:, 0] = W[:, 0].abs() + 0.5
+    R[0] = 1e4
+    ref = ref64(rule, R, a, W, b)
+    native = run(reference, rule, R, a, W, b)
+    out = run(lrp_ext, rule, R, a, W, b)
+    for n in range(1, 40):
+        assert_close(out[n], ref[n], torch.float16, f"{rule} row {n}", native[n])
+
+
+@pytest.mark.parametrize("path", ["fused", "gemm"])
+@pytest.mark.parametrize("which", ["a", "W", "bounds"])
+@pytest.mark.parametrize("I", [64, 66, 67], ids=["I64", "I66", "I67"])  # 16-, 8/4-byte, element
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_per_tensor_alignment(dtype, I, which, path, monkeypatch):
+    # one tensor starting one element past an aligned address (a contiguous view): only its
+    # loads may fall back to narrower vectors or elements
+    monkeypatch.setenv("LRP_EXT_CUDA_PATH", path)
+    rule = "z_box" if which == "bounds" else "gamma"
+    R, a, W, b = make_case(rule, dtype, (6,), 70, I, False, True)
+
+    def shifted(t):
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        v = buf[1:].view(t.shape)
+        v.copy_(t)
+        assert v.is_contiguous() and v.data_ptr() % 16 != 0
+        return v
+
+    low = torch.full_like(a, LOW)
+    high = torch.full_like(a, HIGH)
+    if which == "a":
+        a = shifted(a)
+    elif which == "W":
+        W = shifted(W)
+    else:
+        low, high = shifted(low), shifted(high)
+    out = run(lrp_ext, rule, R, a, W, b, low, high)
+    native = run(reference, rule, R, a, W, b, low, high) if dtype in (torch.float16,
+                                                                      torch.bfloat16) else None
+    assert_close(out, ref64(rule, R, a, W, b, low, high), dtype, f"{rule} {which} I={I}", native)
+
+
+@pytest.mark.parametrize("tile", [0, 2, 4])
+def test_negative_input_in_one_batch_tile(tile, monkeypatch):
+    # a >= 0 except one entry in batch tile `tile` (4 rows each); 9 output rows span 3 forward
+    # blocks: the tile's negative-input flag must come from a warp that read the whole tile
+    monkeypatch.setenv("LRP_EXT_CUDA_PATH", "fused")
+    R, a, W, b = make_case("gamma", torch.float32, (18,), 9, 40, True, False)
+    a[4 * tile + 3 if 4 * tile + 3 < 18 else 17, 37] = -1.5
+    for rule in ("gamma", "alpha_beta", "z_plus"):
+        assert_close(run(lrp_ext, rule, R, a, W, b), ref64(rule, R, a, W, b), torch.float32,
+                     f"{rule} tile {tile}")
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["a_nonneg", "a_mixed"])
+@pytest.mark.parametrize("rule", ["gamma", "alpha_beta", "z_plus", "epsilon", "z_box"])
+def test_cuda_graph_capture(rule, signed, monkeypatch):
+    # the gemm path reads any(a < 0) on the host; while a graph is captured it must not (the
+    # mixed-sign layout is correct for any a)
+    monkeypatch.setenv("LRP_EXT_CUDA_PATH", "gemm")
+    R, a, W, b = make_case(rule, torch.float32, (64,), 30, 50, True, signed)
+    static_R, static_a = R.clone(), a.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        run(lrp_ext, rule, static_R, static_a, W, b)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = run(lrp_ext, rule, static_R, static_a, W, b)
+    g.replay()
+    torch.cuda.synchronize()
+    assert_close(out, ref64(rule, R, a, W, b), torch.float32, f"{rule} graph replay")
+    # new (mixed-sign) inputs and the same weights, the same graph
+    g2 = torch.Generator().manual_seed(1)
+    a2 = torch.randn(a.shape, generator=g2, dtype=torch.float64).to(a)
+    R2 = R.clone()
+    if rule in ("epsilon", "gamma", "z_box"):  # as make_case: no z within 2% of its RMS of 0
+        z = _z64(rule, R2, a2, W, b)
+        R2[z.abs() < 0.02 * z.pow(2).mean().sqrt()] = 0
+    static_R.copy_(R2)
+    static_a.copy_(a2)
+    g.replay()
+    torch.cuda.synchronize()
+    assert_close(out, ref64(rule, R2, a2, W, b), torch.float32, f"{rule} graph replay, new a")
+
+
+def test_direct_alpha_beta_op_is_checked():
+    R, a, W, b = make_case("alpha_beta", torch.float32, (3,), 5, 8, True, True)
+    with pytest.raises(RuntimeError, match="alpha - beta = 1"):
+        torch.ops.lrp_ext.alpha_beta(R, a, W, b, 3.0, 1.0, 1e-6)

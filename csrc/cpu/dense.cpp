@@ -6,14 +6,16 @@
 //              s_n = R[z<0]/stab(z+γM)
 //   alpha_beta c⁺ = αR/stab(P), c⁻ = −βR/stab(M)
 //   and R_in = a⁺ ⊙ (c⁺W⁺ + c⁻W⁻) + a⁻ ⊙ (c⁻W⁺ + c⁺W⁻) (the a⁻ half vanishes when a ≥ 0).
-// epsilon, z⁺ (β = 0), w² and z^B need one coefficient per output; see plan_for().
+// epsilon, z⁺ (β = 0), w² and z^B need one coefficient per output.
 //
 // Two paths: "fused" streams W once per product and applies ρ (W⁺, W⁻, W²) while reading it
 // (kernels.h, one copy per ISA), for the memory-bound small batch; "gemm" builds the modified
 // weights once per call (W⁺, [W⁺; W⁻] or W² in one pass over W) and calls ATen's matmul (MKL /
 // oneDNN) into the stacked buffers, for the compute-bound large batch. The elementwise stages
-// are the same loops for both. Skipping the a⁻ terms when a >= 0 gives bit-identical results:
-// the mixed-sign plan performs the same operations plus exact zeros. Testing knobs, read at each call: LRP_EXT_CPU_PATH=auto|fused|gemm,
+// are the same loops for both; their coefficient math is csrc/rule_math.h, shared with the CUDA
+// kernels. Skipping the a⁻ terms when a >= 0 gives the same numbers: the mixed-sign plan performs
+// the same operations plus exact zeros, and the input side adds 0·t where the reference adds
+// a⁻ ⊙ t2 (NaN where t2 is not finite; rule::nonneg_input). Testing knobs, read at each call: LRP_EXT_CPU_PATH=auto|fused|gemm,
 // LRP_EXT_CPU_ISA=auto|avx512|avx2|scalar, LRP_EXT_ASSUME_MIXED=1 (never skip the a⁻ terms).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,12 +24,15 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <type_traits>
+#include <vector>
 #include <cstdlib>
 #include <cstring>
 #include <sys/mman.h>
 
 #include "cpu/kernels_api.h"
 #include "lrp.h"
+#include "rule_math.h"
 
 namespace lrp_ext {
 namespace cpu {
@@ -134,8 +139,8 @@ Tensor run_backward(const Job& job, int64_t KO, at::ScalarType acc) {
 }
 
 // ---------------------------------------------------------------- rule plans
-enum class Epi { EPS, ZPLUS, BOX, GAMMA, AB, WSQ };
-enum class Fin { A, TWO, PLAIN };
+// kind: the rule's coefficient math (rule_math.h, shared with the CUDA kernels)
+enum class Fin { A, NONNEG, TWO, PLAIN };
 
 struct Params {
   double e = 1e-6, gamma = 0, alpha = 1, beta = 0;
@@ -143,7 +148,7 @@ struct Params {
 
 struct Plan {
   Combo fwd, bwd;
-  Epi epi;
+  int kind;
   Fin fin;
   int ki() const { return fwd == MERGE || fwd == CROSS ? 2 : 1; }
   int kz() const { return fwd == SPLIT || fwd == CROSS ? 2 : 1; }
@@ -151,70 +156,120 @@ struct Plan {
   int kt() const { return bwd == SPLIT || bwd == CROSS ? 2 : 1; }
 };
 
-template <class T> inline T stab(T z, double e) { return z + T(e) * (z >= 0 ? T(1) : T(-1)); }
-template <class T> inline T pos(T x) { return x < 0 ? T(0) : x; }
-template <class T> inline T neg(T x) { return x > 0 ? T(0) : x; }
+using rule::pos;
+using rule::neg;
+template <class T> inline T stab(T z, double e) { return rule::stab<T>(z, T(e)); }
 
 // parallel over rows n of an (N, L) elementwise stage
 void par_rows(int64_t N, int64_t L, const std::function<void(int64_t, int64_t)>& f) {
   at::parallel_for(0, N, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, L)), f);
 }
 
-// Forward epilogue: z (kz, N, O) -> coefficients c (kc, N, O).
+// f(std::integral_constant<int, K>) for the run-time rule kind: one loop per rule, compiled
+// with the rule's math inlined.
+template <class F> void with_kind(int kind, const F& f) {
+  switch (kind) {
+    case rule::EPS: return f(std::integral_constant<int, rule::EPS>{});
+    case rule::ZPLUS: return f(std::integral_constant<int, rule::ZPLUS>{});
+    case rule::BOX: return f(std::integral_constant<int, rule::BOX>{});
+    case rule::WSQ: return f(std::integral_constant<int, rule::WSQ>{});
+    case rule::GAMMA: return f(std::integral_constant<int, rule::GAMMA>{});
+    default: return f(std::integral_constant<int, rule::AB>{});
+  }
+}
+
+// Forward epilogue: z (kz, N, O) (or the row sums zrow (1, O) of w²) -> coefficients c (kc, N, O).
 template <class T>
-void epilogue(Epi epi, const Params& pr, const T* z, T* c, const T* R, const T* b,
+void epilogue(int kind, const Params& pr, const T* z, T* c, const T* R, const T* b,
               const T* zrow, int64_t N, int64_t O) {
   const int64_t NO = N * O;
-  const T e = T(pr.e), g = T(pr.gamma), al = T(pr.alpha), be = T(pr.beta);
-  par_rows(N, O, [&](int64_t n0, int64_t n1) {
+  const rule::Params<T> rp{T(pr.e), T(pr.gamma), T(pr.alpha), T(pr.beta)};
+  with_kind(kind, [&](auto k) {
+    constexpr int K = decltype(k)::value;
+    par_rows(N, O, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const T* r = R + n * O;
+        T* c0 = c + n * O;
+        if constexpr (rule::is_signed(K)) {
+          const T* z0 = z + n * O;
+          const T* z1 = z + NO + n * O;
+          T* c1 = c + NO + n * O;
+          for (int64_t o = 0; o < O; ++o)
+            rule::pair<K, T>(rp, z0[o], z1[o], r[o], b ? b[o] : T(0), c0[o], c1[o]);
+        } else {
+          const T* s = K == rule::WSQ ? zrow : z + n * O;
+          for (int64_t o = 0; o < O; ++o) c0[o] = rule::single<K, T>(rp, s[o], r[o], b ? b[o] : T(0));
+        }
+      }
+    });
+  });
+}
+
+// Rows of the forward inputs x (ki, N, I) holding an infinite or NaN entry, where the products
+// a⁺W⁺ (or u W⁺) of the kernels form inf·0 = NaN for the zero half of W. gamma and z_box
+// recompute their forward sums there from one product per term (rule::signed_term, box_term),
+// as the reference's z = aWᵀ does; alpha_beta's reference forms a⁺W⁺ itself and keeps the NaN.
+template <class T>
+std::vector<int64_t> nonfinite_rows(const T* x, int ki, bool both, int64_t N, int64_t I) {
+  std::vector<int64_t> rows;
+  std::vector<char> bad(N, 0);
+  par_rows(N, I, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      const T* r = R + n * O;
-      const T* z0 = z ? z + n * O : nullptr;
-      const T* z1 = z ? z + NO + n * O : nullptr;
-      T* c0 = c + n * O;
-      T* c1 = c + NO + n * O;
-      switch (epi) {
-        case Epi::EPS:
-          for (int64_t o = 0; o < O; ++o) c0[o] = r[o] / stab<T>(z0[o] + (b ? b[o] : T(0)), e);
-          break;
-        case Epi::ZPLUS:
-          for (int64_t o = 0; o < O; ++o)
-            c0[o] = al * r[o] / stab<T>(z0[o] + (b ? pos(b[o]) : T(0)), e);
-          break;
-        case Epi::BOX:
-          for (int64_t o = 0; o < O; ++o) c0[o] = r[o] / stab<T>(z0[o], e);
-          break;
-        case Epi::WSQ:
-          for (int64_t o = 0; o < O; ++o)
-            c0[o] = r[o] / stab<T>(zrow[o] + (b ? b[o] * b[o] : T(0)), e);
-          break;
-        case Epi::GAMMA:
-        case Epi::AB:
-          for (int64_t o = 0; o < O; ++o) {
-            const T P = z0[o] + (b ? pos(b[o]) : T(0));
-            const T M = z1[o] + (b ? neg(b[o]) : T(0));
-            T cp, cn;
-            if (epi == Epi::GAMMA) {
-              const T zz = P + M;
-              const T sp = r[o] * T(zz > 0 ? 1 : 0) / stab<T>(zz + g * P, e);
-              const T sn = r[o] * T(zz < 0 ? 1 : 0) / stab<T>(zz + g * M, e);
-              cp = sp + sn + g * sp;
-              cn = sp + sn + g * sn;
-            } else {
-              cp = al * r[o] / stab<T>(P, e);
-              cn = -be * r[o] / stab<T>(M, e);
-            }
-            c0[o] = cp;
-            c1[o] = cn;
-          }
-          break;
+      const T* x0 = x + n * I;
+      const T* x1 = x + (N + n) * I;
+      bool any = false;
+      if (both)  // z_box: u and v both infinite (an infinite a); an infinite bound alone keeps
+                 // the reference's NaN from −low·W⁺ (or −high·W⁻)
+        for (int64_t i = 0; i < I; ++i) any |= !std::isfinite(x0[i]) && !std::isfinite(x1[i]);
+      else
+        for (int k = 0; k < ki; ++k)
+          for (int64_t i = 0; i < I; ++i) any |= !std::isfinite(x[(k * N + n) * I + i]);
+      bad[n] = any;
+    }
+  });
+  for (int64_t n = 0; n < N; ++n)
+    if (bad[n]) rows.push_back(n);
+  return rows;
+}
+
+template <class T, class WT>
+void refix_rows(int kind, const std::vector<int64_t>& rows, const WT* W, const T* x, int ki,
+                T* z, int64_t N, int64_t O, int64_t I) {
+  at::parallel_for(0, int64_t(rows.size()) * O, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t n = rows[j / O], o = j % O;
+      const T* x0 = x + n * I;
+      const T* x1 = ki == 2 ? x + (N + n) * I : nullptr;
+      const WT* w = W + o * I;
+      if (kind == rule::GAMMA) {  // x: a, or a⁺ and a⁻
+        T P = 0, M = 0;
+        for (int64_t i = 0; i < I; ++i)
+          rule::signed_term<T>(x1 ? x0[i] + x1[i] : x0[i], T(w[i]), P, M);
+        z[n * O + o] = P;
+        z[(N + n) * O + o] = M;
+      } else {  // BOX, x: u and v
+        T s = 0;
+        for (int64_t i = 0; i < I; ++i) s += rule::box_term<T>(x0[i], x1[i], T(w[i]));
+        z[n * O + o] = s;
       }
     }
   });
 }
 
+template <class T>
+void refix_nonfinite(int kind, const Tensor& Wc, const T* x, int ki, T* z, int64_t N, int64_t O,
+                     int64_t I) {
+  if (kind != rule::GAMMA && kind != rule::BOX) return;
+  const std::vector<int64_t> rows = nonfinite_rows(x, ki, kind == rule::BOX, N, I);
+  if (rows.empty()) return;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, Wc.scalar_type(), "lrp_ext_refix", [&] {
+    refix_rows<T, scalar_t>(kind, rows, Wc.data_ptr<scalar_t>(), x, ki, z, N, O, I);
+  });
+}
+
 // Backward epilogue: t (kt, N, I) and the forward inputs x (ki, N, I) -> R_in (N, I):
-// a ⊙ t0 (Fin::A), x0 ⊙ t0 + x1 ⊙ t1 (Fin::TWO), or t0 (Fin::PLAIN).
+// a ⊙ t0 (Fin::A), the same for a signed rule on a >= 0 (Fin::NONNEG, rule::nonneg_input),
+// x0 ⊙ t0 + x1 ⊙ t1 (Fin::TWO), or t0 (Fin::PLAIN).
 template <class T, class Out>
 void finish(Fin fin, const T* t, const T* x, Out* out, int64_t N, int64_t I) {
   const int64_t NI = N * I;
@@ -228,6 +283,9 @@ void finish(Fin fin, const T* t, const T* x, Out* out, int64_t N, int64_t I) {
       switch (fin) {
         case Fin::A:
           for (int64_t i = 0; i < I; ++i) dst[i] = static_cast<Out>(x0[i] * t0[i]);
+          break;
+        case Fin::NONNEG:
+          for (int64_t i = 0; i < I; ++i) dst[i] = static_cast<Out>(rule::nonneg_input(x0[i], t0[i]));
           break;
         case Fin::TWO:
           for (int64_t i = 0; i < I; ++i) dst[i] = static_cast<Out>(x0[i] * t0[i] + x1[i] * t1[i]);
@@ -381,7 +439,7 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
 
   Tensor z, c = kept_scratch(CBUF, {kc, N, O}, acc), t, zrow;
   if (use_fused(N)) {
-    if (pl.epi == Epi::WSQ) {  // w² needs only the row sums of W² (the same for every sample)
+    if (pl.kind == rule::WSQ) {  // w² needs only the row sums of W² (the same for every sample)
       zrow = at::empty({1, O}, opt);
       Tensor ones = at::ones({1, I}, opt);
       Job j1 = job;
@@ -396,8 +454,9 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
       job.x = x.data_ptr();
       job.out = z.data_ptr();
       run_forward(job);
+      refix_nonfinite<T>(pl.kind, Wc, x.data_ptr<T>(), pl.ki(), z.data_ptr<T>(), N, O, I);
     }
-    epilogue<T>(pl.epi, pr, z.defined() ? z.data_ptr<T>() : nullptr, c.data_ptr<T>(),
+    epilogue<T>(pl.kind, pr, z.defined() ? z.data_ptr<T>() : nullptr, c.data_ptr<T>(),
                 RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
                 zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
     job.combo = pl.bwd;
@@ -439,7 +498,9 @@ Tensor run_plan(const Plan& pl, const Params& pr, const Tensor& Wc, const Tensor
         mm_into(z[1], x[1], Wp.t(), true);
         break;
     }
-    epilogue<T>(pl.epi, pr, pl.fwd == SQ ? nullptr : z.data_ptr<T>(), c.data_ptr<T>(),
+    if (pl.fwd != SQ)
+      refix_nonfinite<T>(pl.kind, Wc, x.data_ptr<T>(), pl.ki(), z.data_ptr<T>(), N, O, I);
+    epilogue<T>(pl.kind, pr, pl.fwd == SQ ? nullptr : z.data_ptr<T>(), c.data_ptr<T>(),
                 RT.data_ptr<T>(), bT.defined() ? bT.data_ptr<T>() : nullptr,
                 zrow.defined() ? zrow.data_ptr<T>() : nullptr, N, O);
     t = kept_scratch(TBUF, {kt, N, I}, acc);
@@ -532,76 +593,75 @@ Tensor dispatch_plan(const Plan& pl, const Params& pr, const Prepared& p, const 
 }
 
 // ---------------------------------------------------------------- the ops
+// The argument checks are lrp.cpp's check_<op>, shared with the CUDA kernels.
 Tensor epsilon_cpu(const Tensor& R, const Tensor& a, const Tensor& W,
                    const c10::optional<Tensor>& b, double epsilon) {
-  check_dense("epsilon", R, a, W, b);
+  check_epsilon(R, a, W, b, epsilon);
   Prepared p = prepare(R, a, W, b);
   Params pr;
   pr.e = epsilon;
-  return dispatch_plan({ID, ID, Epi::EPS, Fin::A}, pr, p, p.a2, Tensor(), a);
+  return dispatch_plan({ID, ID, rule::EPS, Fin::A}, pr, p, p.a2, Tensor(), a);
 }
 
 // gamma and alpha_beta share the two-coefficient plans; z⁺ (β = 0) needs only P.
-Tensor signed_rule(const char* name, Epi epi, const Tensor& R, const Tensor& a, const Tensor& W,
+Tensor signed_rule(int kind, const Tensor& R, const Tensor& a, const Tensor& W,
                    const c10::optional<Tensor>& b, const Params& pr) {
-  check_dense(name, R, a, W, b);
   Prepared p = prepare(R, a, W, b);
   const bool nonneg = all_nonneg(p.a2);
-  const bool zplus = epi == Epi::AB && pr.beta == 0;
+  const bool zplus = kind == rule::AB && pr.beta == 0;
   if (nonneg) {
-    Plan pl = zplus ? Plan{POS, POS, Epi::ZPLUS, Fin::A} : Plan{SPLIT, MERGE, epi, Fin::A};
+    Plan pl = zplus ? Plan{POS, POS, rule::ZPLUS, Fin::NONNEG}
+                    : Plan{SPLIT, MERGE, kind, Fin::NONNEG};
     return dispatch_plan(pl, pr, p, p.a2, Tensor(), a);
   }
   auto [ap, an] = split_signs(p.a2);
-  Plan pl = zplus ? Plan{MERGE, SPLIT, Epi::ZPLUS, Fin::TWO} : Plan{CROSS, CROSS, epi, Fin::TWO};
+  Plan pl = zplus ? Plan{MERGE, SPLIT, rule::ZPLUS, Fin::TWO} : Plan{CROSS, CROSS, kind, Fin::TWO};
   return dispatch_plan(pl, pr, p, ap, an, a);
 }
 
 Tensor gamma_cpu(const Tensor& R, const Tensor& a, const Tensor& W,
                  const c10::optional<Tensor>& b, double gamma, double stabilizer) {
+  check_gamma(R, a, W, b, gamma, stabilizer);
   Params pr;
   pr.gamma = gamma;
   pr.e = stabilizer;
-  return signed_rule("gamma", Epi::GAMMA, R, a, W, b, pr);
+  return signed_rule(rule::GAMMA, R, a, W, b, pr);
 }
 
 Tensor alpha_beta_cpu(const Tensor& R, const Tensor& a, const Tensor& W,
                       const c10::optional<Tensor>& b, double alpha, double beta,
                       double stabilizer) {
-  TORCH_CHECK(alpha >= 0 && beta >= 0 && std::abs(alpha - beta - 1.0) <= 1e-9,
-              "alpha_beta needs alpha >= 0, beta >= 0 and alpha - beta = 1, got alpha=", alpha,
-              ", beta=", beta);
+  check_alpha_beta(R, a, W, b, alpha, beta, stabilizer);
   Params pr;
   pr.alpha = alpha;
   pr.beta = beta;
   pr.e = stabilizer;
-  return signed_rule("alpha_beta", Epi::AB, R, a, W, b, pr);
+  return signed_rule(rule::AB, R, a, W, b, pr);
 }
 
 Tensor w_square_cpu(const Tensor& R, const Tensor& a, const Tensor& W,
                     const c10::optional<Tensor>& b, double stabilizer) {
-  check_dense("w_square", R, a, W, b);
+  check_w_square(R, a, W, b, stabilizer);
   Prepared p = prepare(R, a, W, b);
   Params pr;
   pr.e = stabilizer;
-  return dispatch_plan({SQ, SQ, Epi::WSQ, Fin::PLAIN}, pr, p, p.a2, Tensor(), a);
+  return dispatch_plan({SQ, SQ, rule::WSQ, Fin::PLAIN}, pr, p, p.a2, Tensor(), a);
 }
 
 Tensor z_box_cpu(const Tensor& R, const Tensor& a, const Tensor& W, const Tensor& low,
                  const Tensor& high, double stabilizer) {
-  check_dense("z_box", R, a, W, c10::nullopt);
-  check_bounds(a, low, high);
+  check_z_box(R, a, W, low, high, stabilizer);
   Prepared p = prepare(R, a, W, c10::nullopt);
   Tensor u = (p.a2 - low.expand(a.sizes()).reshape({p.N, p.I}).to(p.acc)).contiguous();
   Tensor v = (p.a2 - high.expand(a.sizes()).reshape({p.N, p.I}).to(p.acc)).contiguous();
   Params pr;
   pr.e = stabilizer;
-  return dispatch_plan({MERGE, SPLIT, Epi::BOX, Fin::TWO}, pr, p, u, v, a);
+  return dispatch_plan({MERGE, SPLIT, rule::BOX, Fin::TWO}, pr, p, u, v, a);
 }
 
 // flat: z_j = I for every output, so R_in_i = sum_j R_j / stab(I, e) for every input i.
 Tensor flat_cpu(const Tensor& R, const Tensor& a, const Tensor& W, double stabilizer) {
-  check_dense("flat", R, a, W, c10::nullopt);
+  check_flat(R, a, W, stabilizer);
   const int64_t O = W.size(0), I = W.size(1);
   const at::ScalarType acc = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t N = batch_of(a);
