@@ -105,7 +105,7 @@ def _digest(t):
     if t.device.type != "cpu":
         t = t.cpu()
     raw = t.reshape(-1).contiguous().view(torch.uint8)
-    return hashlib.blake2b(raw.numpy(), digest_size=16).hexdigest()
+    return hashlib.sha1(raw.numpy()).hexdigest()
 
 
 _PLAIN = (bool, int, float, str, bytes, type(None))
