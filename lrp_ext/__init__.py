@@ -6,7 +6,7 @@ they are built and fall back to ``lrp_ext.reference`` (plain PyTorch) otherwise.
 """
 from . import reference
 from .ops import has_compiled_ops
-from .rules import alpha_beta, epsilon, flat, gamma, w_square, z_box, z_plus, zero
+from .dense import alpha_beta, epsilon, flat, gamma, w_square, z_box, z_plus, zero
 from . import conv
 from .composite import Composite
 from .explain import explain

@@ -230,7 +230,7 @@ def test_explain_dataset_output(files, reference_run):
     assert sorted(tree) == sorted([".lock", "index.json", "run.json"]
                                   + [f"shards/relevance-{s:05d}.npy" for s in range(5)]
                                   + [f"shards/meta-{s:05d}.json" for s in range(5)])
-    from lrp_ext.dataset import load_index, load_relevance
+    from lrp_ext.cli.dataset import load_index, load_relevance
     index = load_index(reference_run)
     assert index["num_samples"] == 40 and [s["start"] for s in index["shards"]] == [0, 8, 16,
                                                                                  24, 32]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lrp_ext import dataset as ds
+from lrp_ext.cli import dataset as ds
 from lrp_ext.cli import main
 
 from test_cli import DS_ARGS, _env, _run, _tree, files, reference_run  # noqa: F401
@@ -300,7 +300,7 @@ def test_two_live_runs_into_one_folder(files, reference_run, tmp_path):
 def test_lock_is_released_when_the_holder_is_killed(tmp_path):
     out = tmp_path / "o"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from lrp_ext import dataset; "
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from lrp_ext.cli import dataset; "
         "dataset.lock_output(sys.argv[2]); print('held', flush=True); time.sleep(120)"),
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), str(out)],
         stdout=subprocess.PIPE, text=True)

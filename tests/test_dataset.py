@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lrp_ext import dataset as ds
-from lrp_ext._models import InputError, attribute
+from lrp_ext.cli import dataset as ds
+from lrp_ext.cli.models import InputError, attribute
 
 
 def _png(path, arr):

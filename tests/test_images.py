@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lrp_ext import dataset as ds
-from lrp_ext._models import InputError
+from lrp_ext.cli import dataset as ds
+from lrp_ext.cli.models import InputError
 
 H, W = 3, 4
 

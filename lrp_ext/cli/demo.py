@@ -13,9 +13,9 @@ import time
 import numpy as np
 import torch
 
-from . import evaluate as ev
-from . import viz
-from ._models import GRADIENT_X_INPUT, RANDOM, attribute, load_digits_split, train_digits_cnn
+from .. import evaluate as ev
+from .. import viz
+from .models import GRADIENT_X_INPUT, RANDOM, attribute, load_digits_split, train_digits_cnn
 from .dataset import atomic_path
 
 DEMO_METHODS = ("epsilon_gamma_box", "epsilon_plus", "epsilon_alpha2_beta1", GRADIENT_X_INPUT)

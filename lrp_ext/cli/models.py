@@ -207,7 +207,7 @@ def train_digits_cnn(epochs=8, seed=0, batch_size=64, lr=3e-3, data=None, log=No
 
 
 def digits_cnn(epochs=8, seed=0):
-    """Factory for ``lrp_ext._models:digits_cnn``: the demo CNN, trained on the spot."""
+    """Factory for ``lrp_ext.cli.models:digits_cnn``: the demo CNN, trained on the spot."""
     return train_digits_cnn(epochs=epochs, seed=seed)[0]
 
 
