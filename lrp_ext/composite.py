@@ -30,9 +30,11 @@ Presets (the layer maps of zennit 0.5.1's composites of the same names):
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
-from . import _checks
+from . import _checks, _table
 
 __all__ = ["Rule", "Zero", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "Flat", "WSquare", "ZBox",
            "Pass", "Norm", "Gradient", "Composite", "PRESETS", "get_composite", "as_rule",
@@ -72,68 +74,33 @@ class _LayerRule(Rule):
     layer = True
 
 
-class Zero(_LayerRule):
-    name = "zero"
+def _layer_rule(cls_name, rule, doc, **extra):
+    """A ``Rule`` class for layer rule ``rule`` of the rule table: its constructor takes the
+    table's parameters (with their defaults) and checks them there."""
+    spec = _table.RULES[rule]
+    P = inspect.Parameter
+    sig = inspect.Signature([P("self", P.POSITIONAL_OR_KEYWORD)] +
+                            [P(p.name, P.POSITIONAL_OR_KEYWORD, default=p.default)
+                             for p in spec.params])
 
-    def __init__(self):
-        super().__init__()
-
-
-class Epsilon(_LayerRule):
-    name = "epsilon"
-
-    def __init__(self, epsilon: float = 1e-6):
-        super().__init__(epsilon=_checks.stabilizer(epsilon, "epsilon"))
-
-
-class Gamma(_LayerRule):
-    name = "gamma"
-
-    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
-        super().__init__(gamma=_checks.finite(gamma, "gamma"),
-                         stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
+    def __init__(self, *args, **kwargs):
+        bound = sig.bind(self, *args, **kwargs)
+        bound.arguments.pop("self")
+        _LayerRule.__init__(self, **_table.check(rule, **bound.arguments))
+    __init__.__signature__ = sig
+    return type(cls_name, (_LayerRule,), dict(name=rule, __init__=__init__, __doc__=doc,
+                                               __module__=__name__, **extra))
 
 
-class AlphaBeta(_LayerRule):
-    name = "alpha_beta"
-
-    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
-        alpha, beta = _checks.alpha_beta(alpha, beta)
-        super().__init__(alpha=alpha, beta=beta,
-                         stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
-
-
-class ZPlus(_LayerRule):
-    name = "z_plus"
-
-    def __init__(self, stabilizer: float = 1e-6):
-        super().__init__(stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
-
-
-class Flat(_LayerRule):
-    name = "flat"
-
-    def __init__(self, stabilizer: float = 1e-6):
-        super().__init__(stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
-
-
-class WSquare(_LayerRule):
-    name = "w_square"
-
-    def __init__(self, stabilizer: float = 1e-6):
-        super().__init__(stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
-
-
-class ZBox(_LayerRule):
-    """LRP-z^B; ``low``/``high`` None: use the bounds passed to ``explain``."""
-    name = "z_box"
-
-    def __init__(self, low=None, high=None, stabilizer: float = 1e-6):
-        super().__init__(low=low, high=high,
-                         stabilizer=_checks.stabilizer(stabilizer, "stabilizer"))
-
-    def __eq__(self, other):
-        return self is other
+Zero = _layer_rule("Zero", "zero", "LRP-0 (LRP-ε with ε = 1e-9).")
+Epsilon = _layer_rule("Epsilon", "epsilon", "LRP-ε.")
+Gamma = _layer_rule("Gamma", "gamma", "Sign-generalised LRP-γ.")
+AlphaBeta = _layer_rule("AlphaBeta", "alpha_beta", "LRP-αβ (α ≥ 0, β ≥ 0, α − β = 1).")
+ZPlus = _layer_rule("ZPlus", "z_plus", "LRP-z⁺ (LRP-αβ with α = 1, β = 0).")
+Flat = _layer_rule("Flat", "flat", "Flat rule (inputs and weights replaced by ones).")
+WSquare = _layer_rule("WSquare", "w_square", "LRP-w².")
+ZBox = _layer_rule("ZBox", "z_box", "LRP-z^B; ``low``/``high`` None: use the bounds passed to "
+                   "``explain``.", __eq__=lambda self, other: self is other, __hash__=None)
 
 
 class Pass(Rule):

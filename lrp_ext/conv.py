@@ -46,10 +46,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _checks, _conv_args
+from . import _checks, _conv_args, _table
 
 __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box",
            "ConvSpec", "LinearSpec", "conv_spec", "apply_spec", "rule_backward", "COEF_RULES"]
+_d = _table.default
 
 _aten = torch.ops.aten
 _CONV_TYPES = _conv_args.CONV_TYPES
@@ -594,7 +595,8 @@ def _z_box_body(e):
 # ---------------------------------------------------------------------------------------------
 @_checks.traceable
 def epsilon(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-            transposed=False, output_padding=0, epsilon: float = 1e-6, output=None):
+            transposed=False, output_padding=0,
+            epsilon: float = _d("epsilon", "epsilon"), output=None):
     """LRP-ε for a convolution: ``s = R / stab(conv(a) + b, ε)``, ``R_in = a ⊙ convᵀ(s)``."""
     e = _checks.stabilizer(epsilon, "epsilon")
     return _run("epsilon", R, a, layer, bias,
@@ -613,7 +615,8 @@ def zero(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
 @_checks.traceable
 def gamma(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-          transposed=False, output_padding=0, gamma: float = 0.25, stabilizer: float = 1e-6,
+          transposed=False, output_padding=0, gamma: float = _d("gamma", "gamma"),
+          stabilizer: float = _d("gamma", "stabilizer"),
           output=None):
     """Sign-generalised LRP-γ for a convolution."""
     g = _checks.finite(gamma, "gamma")
@@ -625,8 +628,9 @@ def gamma(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
 @_checks.traceable
 def alpha_beta(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-               transposed=False, output_padding=0, alpha: float = 2.0, beta: float = 1.0,
-               stabilizer: float = 1e-6, output=None):
+               transposed=False, output_padding=0, alpha: float = _d("alpha_beta", "alpha"),
+               beta: float = _d("alpha_beta", "beta"),
+               stabilizer: float = _d("alpha_beta", "stabilizer"), output=None):
     """LRP-αβ for a convolution (α ≥ 0, β ≥ 0, α − β = 1, else ``ValueError``)."""
     alpha, beta = _checks.alpha_beta(alpha, beta)
     e = _checks.stabilizer(stabilizer, "stabilizer")
@@ -637,7 +641,7 @@ def alpha_beta(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, group
 
 @_checks.traceable
 def z_plus(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           transposed=False, output_padding=0, stabilizer: float = 1e-6):
+           transposed=False, output_padding=0, stabilizer: float = _d("z_plus", "stabilizer")):
     """LRP-z⁺ for a convolution (LRP-αβ with α = 1, β = 0)."""
     e = _checks.stabilizer(stabilizer, "stabilizer")
     return _run("z_plus", R, a, layer, bias,
@@ -647,7 +651,7 @@ def z_plus(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
 @_checks.traceable
 def flat(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-         transposed=False, output_padding=0, stabilizer: float = 1e-6):
+         transposed=False, output_padding=0, stabilizer: float = _d("flat", "stabilizer")):
     """Flat rule for a convolution: input and weight replaced by ones, bias dropped."""
     e = _checks.stabilizer(stabilizer, "stabilizer")
     return _run("flat", R, a, layer, bias,
@@ -657,7 +661,7 @@ def flat(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
 @_checks.traceable
 def w_square(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-             transposed=False, output_padding=0, stabilizer: float = 1e-6):
+             transposed=False, output_padding=0, stabilizer: float = _d("w_square", "stabilizer")):
     """LRP-w² for a convolution: input replaced by ones, ``z = conv(1, W²) + b²``."""
     e = _checks.stabilizer(stabilizer, "stabilizer")
     return _run("w_square", R, a, layer, bias,
@@ -667,7 +671,8 @@ def w_square(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=
 
 @_checks.traceable
 def z_box(R, a, layer, bias=None, *, low=None, high=None, stride=1, padding=0, dilation=1,
-          groups=1, transposed=False, output_padding=0, stabilizer: float = 1e-6):
+          groups=1, transposed=False, output_padding=0,
+          stabilizer: float = _d("z_box", "stabilizer")):
     """LRP-z^B for a convolution (input layer); the bias cancels and is ignored."""
     e = _checks.stabilizer(stabilizer, "stabilizer")
     if isinstance(a, torch.Tensor):

@@ -16,11 +16,12 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from . import _checks
+from . import _checks, _table
 from ._conv_args import parse
 from .reference import stabilize
 
 __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box"]
+_d = _table.default
 
 _FWD = {(1, False): F.conv1d, (2, False): F.conv2d, (3, False): F.conv3d,
         (1, True): F.conv_transpose1d, (2, True): F.conv_transpose2d,
@@ -103,7 +104,7 @@ def _epsilon(R, a, L, e):
 
 @_rounded
 def epsilon(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-            transposed=False, output_padding=0, epsilon: float = 1e-6):
+            transposed=False, output_padding=0, epsilon: float = _d("epsilon", "epsilon")):
     """LRP-ε: ``z = conv(a, W) + b``; ``s = R / stab(z, ε)``; ``R_in = a ⊙ convᵀ(s, W)``."""
     R, a = _args(R, a, "epsilon")
     _checks.stabilizer(epsilon, "epsilon")
@@ -124,7 +125,8 @@ def zero(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
 @_rounded
 def gamma(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-          transposed=False, output_padding=0, gamma: float = 0.25, stabilizer: float = 1e-6):
+          transposed=False, output_padding=0, gamma: float = _d("gamma", "gamma"),
+          stabilizer: float = _d("gamma", "stabilizer")):
     """Sign-generalised LRP-γ, term by term as in the specification's table."""
     R, a = _args(R, a, "gamma")
     _checks.finite(gamma, "gamma")
@@ -161,8 +163,9 @@ def _alpha_beta(R, a, L, alpha, beta, e):
 
 @_rounded
 def alpha_beta(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-               transposed=False, output_padding=0, alpha: float = 2.0, beta: float = 1.0,
-               stabilizer: float = 1e-6):
+               transposed=False, output_padding=0, alpha: float = _d("alpha_beta", "alpha"),
+               beta: float = _d("alpha_beta", "beta"),
+               stabilizer: float = _d("alpha_beta", "stabilizer")):
     """LRP-αβ (α ≥ 0, β ≥ 0, α − β = 1)."""
     R, a = _args(R, a, "alpha_beta")
     _checks.alpha_beta(alpha, beta)
@@ -174,7 +177,7 @@ def alpha_beta(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, group
 
 @_rounded
 def z_plus(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           transposed=False, output_padding=0, stabilizer: float = 1e-6):
+           transposed=False, output_padding=0, stabilizer: float = _d("z_plus", "stabilizer")):
     """LRP-z⁺: LRP-αβ with α = 1, β = 0."""
     R, a = _args(R, a, "z_plus")
     _checks.stabilizer(stabilizer, "stabilizer")
@@ -185,7 +188,7 @@ def z_plus(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
 @_rounded
 def flat(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-         transposed=False, output_padding=0, stabilizer: float = 1e-6):
+         transposed=False, output_padding=0, stabilizer: float = _d("flat", "stabilizer")):
     """Flat: ones as input and weight, bias dropped (receptive-field counts)."""
     R, a = _args(R, a, "flat")
     _checks.stabilizer(stabilizer, "stabilizer")
@@ -199,7 +202,7 @@ def flat(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
 @_rounded
 def w_square(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-             transposed=False, output_padding=0, stabilizer: float = 1e-6):
+             transposed=False, output_padding=0, stabilizer: float = _d("w_square", "stabilizer")):
     """LRP-w²: ones as input, ``z = conv(1, W²) + b²``, ``R_in = convᵀ(R / stab(z), W²)``."""
     R, a = _args(R, a, "w_square")
     _checks.stabilizer(stabilizer, "stabilizer")
@@ -213,7 +216,8 @@ def w_square(R, a, layer, bias=None, *, stride=1, padding=0, dilation=1, groups=
 
 @_rounded
 def z_box(R, a, layer, bias=None, *, low=None, high=None, stride=1, padding=0, dilation=1,
-          groups=1, transposed=False, output_padding=0, stabilizer: float = 1e-6):
+          groups=1, transposed=False, output_padding=0,
+          stabilizer: float = _d("z_box", "stabilizer")):
     """LRP-z^B: ``z = conv(a, W) − conv(low, W⁺) − conv(high, W⁻)`` (bias ignored)."""
     R, a = _args(R, a, "z_box")
     _checks.stabilizer(stabilizer, "stabilizer")

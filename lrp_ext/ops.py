@@ -11,7 +11,9 @@ import warnings
 
 import torch
 
-OP_NAMES = ("epsilon", "gamma", "alpha_beta", "flat", "w_square", "z_box")
+from . import _table
+
+OP_NAMES = tuple(_table.OP_TENSORS)
 
 _load_error: str | None = None
 try:  # importing the extension registers the ops with the dispatcher
@@ -71,16 +73,19 @@ def _warn_missing(dev_type):
                   "falling back to the slower lrp_ext.reference", RuntimeWarning, stacklevel=3)
 
 
-_TENSOR_ARGS = {"epsilon": ("R", "a", "W", "b"), "gamma": ("R", "a", "W", "b"),
-                "alpha_beta": ("R", "a", "W", "b"), "flat": ("R", "a", "W"),
-                "w_square": ("R", "a", "W", "b"), "z_box": ("R", "a", "W", "low", "high")}
+_TENSOR_ARGS = _table.OP_TENSORS
 
 
 def _make_fake(name):
     def fake(*args):
         # the same dtype/device/shape checks as the compiled kernels (csrc/lrp.cpp), so a
         # mismatch fails under fake tensors too instead of producing a result
-        tensors = [(n, t) for n, t in zip(_TENSOR_ARGS[name], args) if t is not None]
+        names = _TENSOR_ARGS[name]
+        tensors = [(n, t) for n, t in zip(names, args) if t is not None]
+        try:  # the scalar checks of the compiled op (csrc/lrp.cpp), from the rule table
+            _table.check(name, **dict(zip(_table.op_scalars(name), args[len(names):])))
+        except (TypeError, ValueError) as exc:
+            raise RuntimeError(str(exc)) from None
         a = args[1]
         for n, t in tensors:
             if t.dtype != a.dtype:

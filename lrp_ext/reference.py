@@ -16,10 +16,11 @@ import functools
 
 import torch
 
-from . import _checks
+from . import _checks, _table
 
 __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box",
            "stabilize"]
+_d = _table.default
 
 
 def stabilize(z: torch.Tensor, e: float) -> torch.Tensor:
@@ -63,7 +64,7 @@ def _epsilon(R, a, W, b, e):
 
 
 @_checks.traceable
-def epsilon(R, a, W, b=None, epsilon: float = 1e-6):
+def epsilon(R, a, W, b=None, epsilon: float = _d("epsilon", "epsilon")):
     """LRP-ε: ``z = a Wᵀ + b``, ``s = R / stab(z, ε)``, ``R_in = a ⊙ (s W)``."""
     R, a, W, b = _checks.dense(R, a, W, b, "epsilon")
     return _epsilon(R, a, W, b, _checks.stabilizer(epsilon, "epsilon"))
@@ -77,7 +78,8 @@ def zero(R, a, W, b=None):
 
 
 @_checks.traceable
-def gamma(R, a, W, b=None, gamma: float = 0.25, stabilizer: float = 1e-6):
+def gamma(R, a, W, b=None, gamma: float = _d("gamma", "gamma"),
+          stabilizer: float = _d("gamma", "stabilizer")):
     """Sign-generalised LRP-γ (see the specification's table)."""
     R, a, W, b = _checks.dense(R, a, W, b, "gamma")
     return _gamma(R, a, W, b, _checks.finite(gamma, "gamma"),
@@ -114,8 +116,9 @@ def _alpha_beta(R, a, W, b, alpha, beta, e):
 
 
 @_checks.traceable
-def alpha_beta(R, a, W, b=None, alpha: float = 2.0, beta: float = 1.0,
-               stabilizer: float = 1e-6):
+def alpha_beta(R, a, W, b=None, alpha: float = _d("alpha_beta", "alpha"),
+               beta: float = _d("alpha_beta", "beta"),
+               stabilizer: float = _d("alpha_beta", "stabilizer")):
     """LRP-αβ; requires α ≥ 0, β ≥ 0 and α − β = 1 (``ValueError`` otherwise)."""
     R, a, W, b = _checks.dense(R, a, W, b, "alpha_beta")
     alpha, beta = _checks.alpha_beta(alpha, beta)
@@ -123,14 +126,14 @@ def alpha_beta(R, a, W, b=None, alpha: float = 2.0, beta: float = 1.0,
 
 
 @_checks.traceable
-def z_plus(R, a, W, b=None, stabilizer: float = 1e-6):
+def z_plus(R, a, W, b=None, stabilizer: float = _d("z_plus", "stabilizer")):
     """LRP-z⁺: LRP-αβ with α = 1, β = 0."""
     R, a, W, b = _checks.dense(R, a, W, b, "z_plus")
     return _alpha_beta(R, a, W, b, 1.0, 0.0, _checks.stabilizer(stabilizer, "stabilizer"))
 
 
 @_checks.traceable
-def flat(R, a, W, b=None, stabilizer: float = 1e-6):
+def flat(R, a, W, b=None, stabilizer: float = _d("flat", "stabilizer")):
     """Flat rule: inputs and weights replaced by ones, bias dropped."""
     R, a, W, b = _checks.dense(R, a, W, b, "flat")
     return _flat(R, a, W, _checks.stabilizer(stabilizer, "stabilizer"))
@@ -146,7 +149,7 @@ def _flat(R, a, W, stabilizer):
 
 
 @_checks.traceable
-def w_square(R, a, W, b=None, stabilizer: float = 1e-6):
+def w_square(R, a, W, b=None, stabilizer: float = _d("w_square", "stabilizer")):
     """LRP-w²: input replaced by ones, ``z = 1 (W²)ᵀ + b²``; the activation never multiplies."""
     R, a, W, b = _checks.dense(R, a, W, b, "w_square")
     return _w_square(R, a, W, b, _checks.stabilizer(stabilizer, "stabilizer"))
@@ -161,7 +164,7 @@ def _w_square(R, a, W, b, stabilizer):
 
 
 @_checks.traceable
-def z_box(R, a, W, b=None, low=None, high=None, stabilizer: float = 1e-6):
+def z_box(R, a, W, b=None, low=None, high=None, stabilizer: float = _d("z_box", "stabilizer")):
     """LRP-z^B for the input layer; ``low``/``high`` are floats or tensors broadcastable to a."""
     R, a, W, b = _checks.dense(R, a, W, b, "z_box")
     low, high = _checks.bounds(low, high, a)

@@ -244,3 +244,18 @@ def test_op_direct_integer_dtype(device, name):
     R, a, W, b = (t.round().int() for t in _good(device=device))
     with pytest.raises(RuntimeError, match="floating"):
         getattr(ops, name)(*_op_args(name, R, a, W, b))
+
+
+def test_fake_kernels_check_the_scalars_like_the_ops():
+    """Under fake tensors (torch.compile, export) a bad scalar fails as the compiled op does."""
+    import lrp_ext
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    if not lrp_ext.has_compiled_ops("cpu"):
+        pytest.skip("no compiled CPU ops")
+    with FakeTensorMode():
+        R, a, W = torch.ones(2, 3), torch.ones(2, 4), torch.ones(3, 4)
+        with pytest.raises(RuntimeError, match="alpha - beta = 1"):
+            torch.ops.lrp_ext.alpha_beta(R, a, W, None, 1.0, 1.0, 1e-6)
+        with pytest.raises(RuntimeError, match="stabilizer must be >= 0"):
+            torch.ops.lrp_ext.gamma(R, a, W, None, 0.25, -1.0)
+        assert torch.ops.lrp_ext.gamma(R, a, W, None, 0.25, 1e-6).shape == a.shape
