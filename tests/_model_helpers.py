@@ -88,15 +88,6 @@ def bias_free_copy(model):
     return make_bias_free_(copy.deepcopy(model))
 
 
-def merged_shift(bn):
-    """The shift of ``bn`` in eval mode (``BN(x) = scale * x + shift``)."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.affine:
-        scale = scale * bn.weight
-        return bn.bias - scale * bn.running_mean
-    return -scale * bn.running_mean
-
-
 # ---------------------------------------------------------------------------------------------
 # snapshot of a model
 # ---------------------------------------------------------------------------------------------
