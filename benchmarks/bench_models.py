@@ -20,6 +20,9 @@ Methods
   Captum has no rule for residual sums, so on ResNets its numbers are a timing reference only.
   A method that raises is reported as n/a.
 
+Vision transformers (``--models vit_b_16``): ``lrp_ext:attnlrp`` and ``lrp_ext:attnlrp_gamma``
+against gradient×input.
+
 Text models (``--models gpt2``): a GPT-2-small-size model (12 layers, 768 wide, random
 weights) on ``--tokens`` random input embeddings, explaining the last position's logit of one
 token: ``grad_x_input`` at ``inputs_embeds``, ``lrp_ext:attnlrp`` / ``lrp_ext:cp_lrp``, and
@@ -133,6 +136,20 @@ def _text_methods(model, x, target, device):
     for comp in ("attnlrp", "cp_lrp"):
         out[f"lrp_ext:{comp}"] = (lambda comp=comp: explain(
             model, {"inputs_embeds": x}, target, composite=comp, output=last))
+    return out
+
+
+def _vit_methods(model, x, target):
+    """Vision transformers: gradient×input, AttnLRP (LRP-0 on linear layers) and AttnLRP with
+    γ on the linear layers and the patch embedding."""
+    def grad_x_input():
+        xx = x.detach().requires_grad_(True)
+        y = model(xx)
+        g, = torch.autograd.grad(y[:, target].sum(), xx)
+        return g * x
+    out = {"grad_x_input": grad_x_input}
+    for comp in ("attnlrp", "attnlrp_gamma"):
+        out[f"lrp_ext:{comp}"] = (lambda comp=comp: explain(model, x, target, composite=comp))
     return out
 
 
@@ -289,12 +306,12 @@ def main(argv=None):
         for bs in [int(b) for b in args.batch.split(",")]:
             for T in ([int(t) for t in args.tokens.split(",")] if name == "gpt2" else [None]):
                 cases.append((name, bs, T))
-    model = None
+    model = model_name = None
     for name, bs, T in cases:
         if model is None or model_name != name:
             model = _gpt2(device) if name == "gpt2" else _model(name, device)
             model_name = name
-        if True:
+        if True:  # one case: a model, a batch size, a sequence length
             gen = torch.Generator().manual_seed(bs)
             lxt = None
             if name == "gpt2":
@@ -302,6 +319,9 @@ def main(argv=None):
                 methods = _text_methods(model, x, 7, device)
                 if device.type == "cpu":
                     lxt = _lxt_times(bs, T, args.repeats, args.threads)
+            elif name.startswith(("vit_", "swin_")):
+                x = torch.randn(bs, 3, args.size, args.size, generator=gen).to(device)
+                methods = _vit_methods(model, x, 7)
             else:
                 x = torch.randn(bs, 3, args.size, args.size, generator=gen).to(device)
                 methods = _methods(name, model, x, 7, device, not args.no_zennit,

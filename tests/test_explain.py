@@ -333,3 +333,36 @@ def test_torchscript_module_is_refused():
     m = torch.jit.script(nn.Sequential(nn.Linear(4, 3)).eval())
     with pytest.raises(TypeError, match="TorchScript modules are not supported"):
         explain(m, torch.randn(2, 4), target=0, composite="epsilon_plus")
+
+
+def test_inplace_relu_after_a_layer_needs_no_copy_and_keeps_the_numbers():
+    """ReLU(inplace=True) on a layer's output (its only use) leaves the rules' numbers as they
+    are with an out-of-place ReLU; a second use before the ReLU makes the engine keep a copy."""
+    class Net(nn.Module):
+        def __init__(self, inplace, extra_use):
+            super().__init__()
+            self.c1 = nn.Conv2d(2, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+            self.c2 = nn.Conv2d(4, 3, 3)
+            self.fc = nn.Linear(3 * 4 * 4, 5)
+            self.inplace, self.extra_use = inplace, extra_use
+
+        def forward(self, x):
+            z = self.bn(self.c1(x))
+            side = z.mean() if self.extra_use else 0.0  # a use of z before the ReLU
+            z = F.relu(z, inplace=self.inplace)
+            z = self.c2(z) + side
+            return self.fc(F.relu(z, inplace=self.inplace).flatten(1))
+    torch.manual_seed(3)
+    for extra in (False, True):
+        ref = Net(False, extra).double().eval()
+        with torch.no_grad():
+            ref.bn.running_mean.uniform_(-0.3, 0.3)
+            ref.bn.running_var.uniform_(0.5, 1.5)
+        inp = copy_module(ref)
+        inp.inplace = True
+        x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+        for comp in ("epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_plus_flat"):
+            want = explain(ref, x, target=1, composite=comp, low=-4.0, high=4.0)
+            got = explain(inp, x, target=1, composite=comp, low=-4.0, high=4.0)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)

@@ -150,9 +150,18 @@ def _mark_out(rec, out, meta_fn):
             rec.mark(t, meta_fn())
 
 
-def _protect(rec, t):
-    """``t`` is about to change in place: layers that keep it as their output take a copy."""
+def _protect(rec, t, func):
+    """``t`` is about to change in place: nodes that keep it take a copy.
+
+    Except under an in-place ReLU that is ``t``'s only use so far: every later use sees the
+    ReLU's output, so the gradient reaching ``t`` is 0 wherever the ReLU changes a value, and a
+    rule that keeps ``t`` (as its output ``z``, for ``R = z ⊙ g``) gets the same numbers from
+    the rectified values.  This saves a copy of every ReLU(inplace=True) input.
+    """
+    if func in _RELU_INPLACE and rec.uses.get(id(t), 0) <= 1:
+        return
     ents = rec.kept.pop(id(t), None)
+    rec.uses.pop(id(t), None)
     if ents:
         copy = t.detach().clone()
         for ref, node, attr in ents:
@@ -178,8 +187,12 @@ def dispatch(rec, func, args, kwargs):
         ent = rec.layer_out.get(id(d))
         if ent is not None and ent[0]() is d:
             ent[1].uses += 1
+        if id(d) in rec.kept:
+            rec.uses[id(d)] = rec.uses.get(id(d), 0) + 1
     if _inplace(func, kwargs) and args and isinstance(args[0], T):
-        _protect(rec, args[0])
+        relu = func in (F.relu, F.threshold) and kwargs.get("inplace") is True and \
+            (func is F.relu or (len(args) >= 3 and args[1] == 0 and args[2] == 0))
+        _protect(rec, args[0], torch.relu_ if relu else func)
     h = HANDLERS.get(func)
     if h is None and getattr(func, "__name__", None) == "multi_head_attention_forward":
         h = h_mha  # nn.MultiheadAttention's module calls it by another path
@@ -582,6 +595,7 @@ class RatioNode:
 
 
 _RELU = set(_funcs("relu", "relu_", "leaky_relu", "leaky_relu_"))
+_RELU_INPLACE = set(_funcs("relu_"))
 _NONNEG = set(_funcs("relu", "relu_", "relu6", "hardsigmoid", "sigmoid", "sigmoid_", "softplus"))
 
 

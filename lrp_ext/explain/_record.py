@@ -46,6 +46,7 @@ class Recorder:
         self._meta = {}
         self.layer_out = {}      # id(layer output) -> (weakref, LayerNode): uses, BN merging
         self.kept = {}           # id(tensor) -> [(weakref, node, attr)]: copied before in-place
+        self.uses = {}           # id(kept tensor) -> dependent ops that used it so far
         self.module_stack = []   # names of the modules being run (for messages)
         self.uncovered = []      # (description) of ops that took the plain gradient
         self.first_done = False
@@ -69,7 +70,11 @@ class Recorder:
 
     def keep(self, t, node, attr):
         """``node.attr`` holds ``t``'s values: an in-place change of ``t`` copies them first."""
-        self.kept.setdefault(id(t), []).append((weakref.ref(t), node, attr))
+        ents = self.kept.setdefault(id(t), [])
+        if ents and all(ref() is not t for ref, _, _ in ents):  # an earlier tensor's id
+            ents.clear()
+            self.uses.pop(id(t), None)
+        ents.append((weakref.ref(t), node, attr))
 
     def where(self):
         if not self.module_stack:
