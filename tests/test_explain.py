@@ -366,3 +366,29 @@ def test_inplace_relu_after_a_layer_needs_no_copy_and_keeps_the_numbers():
             want = explain(ref, x, target=1, composite=comp, low=-4.0, high=4.0)
             got = explain(inp, x, target=1, composite=comp, low=-4.0, high=4.0)
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+
+
+def test_layer_output_used_again_after_its_batchnorm():
+    """A layer whose output feeds its BatchNorm and, later, something else is not merged: the
+    result equals canonize=False (the engine recomputes the output it let go at the BatchNorm)."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(2, 3, 3)
+            self.bn = nn.BatchNorm2d(3)
+            self.fc = nn.Linear(3 * 6 * 6, 4)
+
+        def forward(self, x):
+            z = self.c(x)
+            y = torch.relu(self.bn(z))
+            return self.fc((y + z).flatten(1))  # z used again, after the BatchNorm
+    torch.manual_seed(4)
+    m = Net().double().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.3, 0.3)
+        m.bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    for comp in ("epsilon_gamma_box", "epsilon_plus"):
+        got = explain(m, x, target=2, composite=comp, low=-4.0, high=4.0)
+        want = explain(m, x, target=2, composite=comp, low=-4.0, high=4.0, canonize=False)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

@@ -287,6 +287,11 @@ class LayerNode:
             W, b = _canon.merge_affine(spec.weight, spec.bias, self.bn.scale, self.bn.shift,
                                        spec.transposed, spec.groups)
             spec = spec.with_params(W, b)
+        elif z is None:  # dropped for a BatchNorm merge that did not happen: recompute it
+            with torch.no_grad():
+                unb = not isinstance(spec, _conv.LinearSpec) and a.dim() == spec.nd + 1
+                z = spec.fwd(a.unsqueeze(0) if unb else a, spec.weight, spec.bias)
+                z = z.squeeze(0) if unb else z
         if isinstance(spec, _conv.LinearSpec):
             shape = a.shape
             a2 = a.reshape(-1, shape[-1])
@@ -522,12 +527,16 @@ class BatchNormNode:
         self.scale, self.shift, self.canonize = scale, shift, canonize
         self.x = self.y = None
 
-    def backward(self, g):
+    def merges(self):
+        """Whether this BatchNorm is merged into its layer: that layer's output feeds only it
+        (final once the forward has run)."""
         L = self.layer
+        return L is not None and self.canonize and L.uses == 1 and L.rule.name != "gradient"
+
+    def backward(self, g):
         shape = (1, -1) + (1,) * (g.dim() - 2) if g.dim() >= 2 else (-1,)
-        if L is not None and self.canonize and L.uses == 1 and L.rule.name != "gradient" \
-                and L.z is not None:
-            L.bn = self
+        if self.merges():
+            self.layer.bn = self
             return (g,)
         s = self.scale.reshape(shape)
         name = self.rule.name
@@ -573,12 +582,15 @@ def h_batch_norm(rec, func, args, kwargs, deps):
     if rule is None:
         rule = _comp.Epsilon()
     node = BatchNormNode(rec, rule, layer, scale, shift, rec.canonize)
-    node.x = x.detach()
+    if rule.name == "pass":
+        node.x = x.detach()
+        rec.keep(x, node, "x")
     out = apply(node, [x], value)
     node.y = out.detach()
     rec.mark(out, Meta())
-    rec.keep(x, node, "x")
     rec.keep(out, node, "y")
+    if layer is not None and node.merges():
+        layer.z = None  # the merged rule reads the BatchNorm's output (recomputed if not merged)
     return out
 
 
@@ -820,36 +832,32 @@ def _norm_value(rec, func, args, kwargs, x, node):
     return out
 
 
-@register("layer_norm", where=(F, torch))
-def h_layer_norm(rec, func, args, kwargs, deps):
-    p = _bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs,
-              {"weight": None, "bias": None, "eps": 1e-5})
-    x = p["input"]
-    if rec.meta(x) is None or len(deps) != 1:
-        return NotImplemented
-    nd = len(tuple(p["normalized_shape"]))
-    dims = tuple(range(x.dim() - nd, x.dim()))
-    with torch.no_grad():
-        var = x.var(dims, unbiased=False, keepdim=True)
-        inv = torch.rsqrt(var + p["eps"])
-    w = None if p["weight"] is None else p["weight"].detach()
-    return _norm_value(rec, func, args, kwargs, x, NormNode(inv, w, dims, True))
+def _trailing_norm(center):
+    """LayerNorm (``center``: mean and variance) or RMSNorm over the trailing dims."""
+    names = ("input", "normalized_shape", "weight") + (("bias", "eps") if center else ("eps",))
+
+    def h(rec, func, args, kwargs, deps):
+        p = _bind(names, args, kwargs, {"weight": None, "bias": None,
+                                        "eps": 1e-5 if center else None})
+        x = p["input"]
+        if rec.meta(x) is None or len(deps) != 1:
+            return NotImplemented
+        nd = len(tuple(p["normalized_shape"]))
+        dims = tuple(range(x.dim() - nd, x.dim()))
+        eps = p["eps"] if p["eps"] is not None else torch.finfo(x.dtype).eps
+        with torch.no_grad():
+            ms = x.var(dims, unbiased=False, keepdim=True) if center else \
+                x.pow(2).mean(dims, keepdim=True)
+            inv = torch.rsqrt(ms + eps)
+        w = None if p["weight"] is None else p["weight"].detach()
+        return _norm_value(rec, func, args, kwargs, x, NormNode(inv, w, dims, center))
+    return h
 
 
-@register("rms_norm", where=(F, torch))
-def h_rms_norm(rec, func, args, kwargs, deps):
-    p = _bind(("input", "normalized_shape", "weight", "eps"), args, kwargs,
-              {"weight": None, "eps": None})
-    x = p["input"]
-    if rec.meta(x) is None or len(deps) != 1:
-        return NotImplemented
-    nd = len(tuple(p["normalized_shape"]))
-    dims = tuple(range(x.dim() - nd, x.dim()))
-    eps = p["eps"] if p["eps"] is not None else torch.finfo(x.dtype).eps
-    with torch.no_grad():
-        inv = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
-    w = None if p["weight"] is None else p["weight"].detach()
-    return _norm_value(rec, func, args, kwargs, x, NormNode(inv, w, dims, False))
+for _f in _funcs("layer_norm", where=(F, torch)):
+    HANDLERS[_f] = _trailing_norm(True)
+for _f in _funcs("rms_norm", where=(F, torch)):
+    HANDLERS[_f] = _trailing_norm(False)
 
 
 @register("group_norm", where=(F, torch))
@@ -919,6 +927,20 @@ def h_avg_pool(rec, func, args, kwargs, deps):
     return _proportional(rec, func, args, kwargs, deps, rule.params["stabilizer"])
 
 
+class SumNode:
+    """The proportional rule of a sum ``y = a + b``: ``g_in = g · y / stab(y)`` to each term
+    (summed over broadcast dims).  Keeps only ``y``."""
+
+    def __init__(self, e, shapes):
+        self.e, self.shapes = e, shapes
+        self.y = None
+
+    def backward(self, g):
+        y, self.y = self.y, None
+        gs = g * safe_div(y, _conv._stab(y, self.e))
+        return tuple(gs.sum_to_size(sh) for sh in self.shapes)
+
+
 @register("add", "add_", "__add__", "__radd__", "__iadd__")
 def h_add(rec, func, args, kwargs, deps):
     if len(deps) != 2 or "alpha" in kwargs or len(args) != 2:
@@ -927,16 +949,19 @@ def h_add(rec, func, args, kwargs, deps):
     if rule.name != "norm" or rule.params["stabilizer"] == 0 or \
             rec.meta(deps[0]).root is rec.meta(deps[1]).root:
         return NotImplemented  # a sum inside an activation's arithmetic keeps its lineage
-    e = rule.params["stabilizer"]
-    if _inplace(func, kwargs):
-        a = args[0]
-        c = a.clone()
-        rec.mark(c, rec.meta(a))
-        new = _proportional(rec, torch.add, (c, args[1]), {}, None, e)
-        a.copy_(new)
-        rec.mark(a, Meta())
-        return a
-    return _proportional(rec, func, args, kwargs, deps, e)
+    a, b = args
+    with torch.no_grad():
+        value = a + b
+    node = SumNode(rule.params["stabilizer"], (a.shape, b.shape))
+    out = apply(node, [a, b], value)
+    del value
+    if _inplace(func, kwargs):  # a's old values are copied by whoever keeps them (_protect)
+        a.copy_(out)
+        out = a
+    node.y = out.detach()
+    rec.mark(out, Meta())
+    rec.keep(out, node, "y")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
