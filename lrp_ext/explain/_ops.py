@@ -660,16 +660,20 @@ for _f in _funcs("relu", "relu_", "leaky_relu", "leaky_relu_", "gelu", "silu", "
 # products of two dependent tensors
 # ---------------------------------------------------------------------------------------------
 class ProductNode:
-    def __init__(self, a, b, wa, wb, divide=False):
+    """``a ⊙ b`` (or ``a / b`` with ``divide``): ``g_a = wa · g ⊙ b``, ``g_b = wb · g ⊙ a``
+    (``g_a = g / b`` and nothing to ``b`` for a quotient); ``a`` is kept only if needed."""
+
+    def __init__(self, a, b, wa, wb, divide, shape_a):
         self.a, self.b, self.wa, self.wb, self.divide = a, b, wa, wb, divide
+        self.shapes = (shape_a,)
 
     def backward(self, g):
         a, b = self.a, self.b
         self.a = self.b = None
         if self.divide:
-            ga = (g / b).sum_to_size(a.shape) if self.wa else None
+            ga = (g / b).sum_to_size(self.shapes[0]) if self.wa else None
             return (ga, None)
-        ga = (g * b * self.wa).sum_to_size(a.shape) if self.wa else None
+        ga = (g * b * self.wa).sum_to_size(self.shapes[0]) if self.wa else None
         gb = (g * a * self.wb).sum_to_size(b.shape) if self.wb else None
         return ga, gb
 
@@ -697,53 +701,47 @@ def _product_weights(rec, ma, mb, what):
     return (1.0, 1.0)
 
 
-@register("mul", "mul_", "multiply", "__mul__", "__rmul__", "__imul__")
-def h_mul(rec, func, args, kwargs, deps):
-    if len(args) < 2 or not all(isinstance(v, T) for v in args[:2]) or len(deps) != 2:
-        return NotImplemented
-    a, b = args[0], args[1]
-    ma, mb = rec.meta(a), rec.meta(b)
-    wa, wb = _product_weights(rec, ma, mb, f"'{_name(func)}'")
-    if ma.root is mb.root:
-        meta = Meta(ma.root, OTHER, True, False)
-    else:
-        meta = Meta()
+def _product(rec, func, kwargs, a, b, value, wa, wb, divide=False):
+    """Connect ``value`` (``a ⊙ b`` or ``a / b``) to both factors through a ProductNode that
+    keeps only what its backward reads; in-place ops write it into ``a``."""
     inplace = _inplace(func, kwargs)
-    with torch.no_grad():
-        value = a * b
-    node = ProductNode(a.detach().clone() if inplace else a.detach(), b.detach(), wa, wb)
+    keep_a = wb != 0 and not divide
+    node = ProductNode(None if not keep_a else (a.detach().clone() if inplace else a.detach()),
+                       b.detach(), wa, wb, divide, a.shape)
     out = apply(node, [a, b], value)
-    if not inplace:
+    if keep_a and not inplace:
         rec.keep(a, node, "a")
-    rec.keep(b, node, "b")
-    if inplace:
-        a.copy_(out)
-        rec.mark(a, meta)
-        return a
-    rec.mark(out, meta)
-    return out
-
-
-@register("div", "div_", "divide", "true_divide", "__truediv__", "__itruediv__")
-def h_div(rec, func, args, kwargs, deps):
-    if len(args) < 2 or not all(isinstance(v, T) for v in args[:2]) or len(deps) != 2 or \
-            kwargs.get("rounding_mode") is not None:
-        return NotImplemented
-    a, b = args[0], args[1]
-    inplace = _inplace(func, kwargs)
-    with torch.no_grad():
-        value = a / b
-    node = ProductNode(a.detach(), b.detach(), 1.0, 0.0, divide=True)
-    out = apply(node, [a, b], value)
     rec.keep(b, node, "b")
     ma = rec.meta(a)
     meta = Meta(ma.root, OTHER, True, False) if rec.meta(b).root is ma.root else Meta()
     if inplace:
         a.copy_(out)
-        rec.mark(a, meta)
-        return a
+        out = a
     rec.mark(out, meta)
     return out
+
+
+@register("mul", "mul_", "multiply", "__mul__", "__rmul__", "__imul__")
+def h_mul(rec, func, args, kwargs, deps):
+    if len(args) < 2 or not all(isinstance(v, T) for v in args[:2]) or len(deps) != 2:
+        return NotImplemented
+    a, b = args[0], args[1]
+    wa, wb = _product_weights(rec, rec.meta(a), rec.meta(b), f"'{_name(func)}'")
+    with torch.no_grad():
+        value = a * b
+    return _product(rec, func, kwargs, a, b, value, wa, wb)
+
+
+@register("div", "div_", "divide", "true_divide", "__truediv__", "__itruediv__")
+def h_div(rec, func, args, kwargs, deps):
+    """``a / b`` of two dependent tensors: the denominator is held constant (a norm)."""
+    if len(args) < 2 or not all(isinstance(v, T) for v in args[:2]) or len(deps) != 2 or \
+            kwargs.get("rounding_mode") is not None:
+        return NotImplemented
+    a, b = args[0], args[1]
+    with torch.no_grad():
+        value = a / b
+    return _product(rec, func, kwargs, a, b, value, 1.0, 0.0, divide=True)
 
 
 # ---------------------------------------------------------------------------------------------
