@@ -27,15 +27,13 @@ class RuleFn(torch.autograd.Function):
     def backward(ctx, g):
         node = ctx.node
         grads = node.backward(g)
-        if not node.keep:
-            ctx.node = None
+        ctx.node = None  # one backward: the node's tensors go with it
         return (None,) + tuple(grads)
 
 
 def apply(node, inputs, value):
     """Connect ``value`` (already computed, no history) to ``inputs`` through ``node``."""
     node.value = value.detach()
-    node.keep = False
     return RuleFn.apply(node, *inputs)
 
 
@@ -43,7 +41,7 @@ def safe_div(num, den):
     """``num / den`` with 0 where ``den == 0``."""
     zero = den == 0
     out = num / torch.where(zero, torch.ones((), dtype=den.dtype, device=den.device), den)
-    return out.masked_fill_(zero, 0) if out.requires_grad is False else out.masked_fill(zero, 0)
+    return out.masked_fill(zero, 0)
 
 
 class Subgraph:
@@ -62,10 +60,8 @@ class Subgraph:
             self.out = fn(*self.leaves)
         return self.out.detach()
 
-    def grad(self, g, keep=False):
-        got = torch.autograd.grad(self.out, self.leaves, g, allow_unused=True,
-                                  retain_graph=keep)
+    def grad(self, g):
+        got = torch.autograd.grad(self.out, self.leaves, g, allow_unused=True)
         out = [torch.zeros_like(lf) if v is None else v for lf, v in zip(self.leaves, got)]
-        if not keep:
-            self.leaves = self.out = None
+        self.leaves = self.out = None
         return out

@@ -629,8 +629,7 @@ def h_activation(rec, func, args, kwargs, deps):
         name = func.__name__
         base = getattr(type(x), name[:-1], None) if name.endswith("_") else None
         base_f = base or func
-        new = _activation_value(rec, base_f, (x.clone(),) + tuple(args[1:]),
-                                kw if base is None else kw, meta)
+        new = _activation_value(rec, base_f, (x.clone(),) + tuple(args[1:]), kw, meta)
         x.copy_(new)
         rec.mark(x, meta)
         return x
