@@ -21,6 +21,20 @@ TORCH_LIBRARY(lrp_ext, m) {
   m.def("w_square(Tensor R, Tensor a, Tensor W, Tensor? b, float stabilizer) -> Tensor");
   // low, high: broadcastable to a's shape
   m.def("z_box(Tensor R, Tensor a, Tensor W, Tensor low, Tensor high, float stabilizer) -> Tensor");
+  // The elementwise stage of a conv / linear layer's rule at model level: z (N, O, *sp) the
+  // layer output, g its gradient (r = z ⊙ g when times_z, else g is the relevance r) of
+  // shape (K·N, O, *sp) (K ≥ 1 gradients of one forward, stacked; z, P, M repeat), P the
+  // positive sum Σ(aW)⁺ + b⁺ (z⁺, gamma, alpha_beta; None for epsilon), M the negative sum
+  // Σ(aW)⁻ + b⁻ (gamma, alpha_beta; None: M = z − P, when z is the layer's output). Returns the rule's
+  // coefficients at the outputs: g's shape for epsilon / z⁺, the stacked [c⁺; c⁻]
+  // (K·N, groups, 2, O/groups, *sp) for gamma / alpha_beta. kind: 0 epsilon, 1 z⁺, 4 gamma,
+  // 5 alpha_beta (csrc/rule_math.h); e the stabiliser.
+  m.def("coefficients(Tensor z, Tensor g, Tensor? P, Tensor? M, int kind, int groups, float e, float gamma, "
+        "float alpha, float beta, bool times_z) -> Tensor");
+  // The sign-split weights of a (non-transposed) conv / linear layer with weight W (O, C/g, *k)
+  // whose output channels are scaled by `scale` (O,) (a merged BatchNorm; None: 1), in one pass:
+  // both: [W⁺; W⁻] stacked per group, (2O, C/g, *k) laid out (g, 2, O/g, C/g, *k); else W⁺.
+  m.def("signed_weights(Tensor W, Tensor? scale, int groups, bool both) -> Tensor");
 }
 
 #include <cmath>
@@ -133,6 +147,67 @@ void check_z_box(const at::Tensor& R, const at::Tensor& a, const at::Tensor& W,
   check_dense("z_box", R, a, W, c10::nullopt);
   check_bounds(a, low, high);
   check_stabilizer("z_box", "stabilizer", stabilizer);
+}
+
+void check_coefficients(const at::Tensor& z, const at::Tensor& g, const c10::optional<at::Tensor>& P,
+                        const c10::optional<at::Tensor>& M, int64_t kind, int64_t groups, double e, double gamma, double alpha,
+                        double beta) {
+  const char* op = "coefficients";
+  TORCH_CHECK(kind == 0 || kind == 1 || kind == 4 || kind == 5, op,
+              ": kind must be 0 (epsilon), 1 (z_plus), 4 (gamma) or 5 (alpha_beta), got ", kind);
+  TORCH_CHECK(z.dim() >= 2, op, ": z must be (N, O, ...), got shape ", shape_str(z));
+  TORCH_CHECK(groups >= 1 && z.size(1) % groups == 0, op, ": groups=", groups,
+              " must divide z's dim 1 (", z.size(1), ")");
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, op,
+              ": z must be float32 or float64, got ", z.scalar_type());
+  auto same = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.sizes() == z.sizes(), op, ": ", name, " must have z's shape ", shape_str(z),
+                ", got ", shape_str(t));
+    TORCH_CHECK(t.scalar_type() == z.scalar_type(), op, ": dtype mismatch: z is ",
+                z.scalar_type(), " but ", name, " is ", t.scalar_type());
+    TORCH_CHECK(t.device() == z.device(), op, ": device mismatch: z is on ", z.device(), " but ",
+                name, " is on ", t.device());
+  };
+  TORCH_CHECK(g.dim() == z.dim() && g.sizes().slice(1) == z.sizes().slice(1) &&
+                  (z.size(0) == 0 ? g.size(0) == 0 : g.size(0) % z.size(0) == 0),
+              op, ": g must have z's shape ", shape_str(z), " or a multiple of its batch, got ",
+              shape_str(g));
+  TORCH_CHECK(g.scalar_type() == z.scalar_type(), op, ": dtype mismatch: z is ",
+              z.scalar_type(), " but g is ", g.scalar_type());
+  TORCH_CHECK(g.device() == z.device(), op, ": device mismatch: z is on ", z.device(),
+              " but g is on ", g.device());
+  TORCH_CHECK(kind == 0 || P.has_value(), op, ": P is needed for kind ", kind);
+  if (P.has_value()) same(*P, "P");
+  if (M.has_value()) same(*M, "M");
+  check_stabilizer(op, "e", e);
+  check_finite(op, "gamma", gamma);
+  check_finite(op, "alpha", alpha);
+  check_finite(op, "beta", beta);
+}
+
+std::vector<int64_t> coefficients_shape(const at::Tensor& z, const at::Tensor& g, int64_t kind,
+                                        int64_t groups) {
+  if (kind != 4 && kind != 5) return g.sizes().vec();
+  std::vector<int64_t> shape = {g.size(0), groups, 2, z.size(1) / groups};
+  for (int64_t d = 2; d < z.dim(); ++d) shape.push_back(z.size(d));
+  return shape;
+}
+
+void check_signed_weights(const at::Tensor& W, const c10::optional<at::Tensor>& scale,
+                          int64_t groups) {
+  const char* op = "signed_weights";
+  TORCH_CHECK(W.dim() >= 2, op, ": W must be (O, C/groups, *k), got shape ", shape_str(W));
+  TORCH_CHECK(W.scalar_type() == at::kFloat || W.scalar_type() == at::kDouble, op,
+              ": W must be float32 or float64, got ", W.scalar_type());
+  TORCH_CHECK(groups >= 1 && W.size(0) % groups == 0, op, ": groups=", groups,
+              " must divide W's dim 0 (", W.size(0), ")");
+  if (scale.has_value()) {
+    TORCH_CHECK(scale->dim() == 1 && scale->size(0) == W.size(0), op,
+                ": scale must have shape (", W.size(0), ",), got ", shape_str(*scale));
+    TORCH_CHECK(scale->scalar_type() == W.scalar_type() && scale->device() == W.device(), op,
+                ": scale must have W's dtype and device (", W.scalar_type(), ", ", W.device(),
+                "), got ", scale->scalar_type(), ", ", scale->device());
+  }
 }
 
 }  // namespace lrp_ext

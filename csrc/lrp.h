@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <vector>
+
 namespace lrp_ext {
 
 // Checks R (..., O), a (..., I), W (O, I), b (O,) for a dense rule named `rule`: ranks, sizes,
@@ -27,5 +29,18 @@ void check_w_square(const at::Tensor& R, const at::Tensor& a, const at::Tensor& 
                     const c10::optional<at::Tensor>& b, double stabilizer);
 void check_z_box(const at::Tensor& R, const at::Tensor& a, const at::Tensor& W,
                  const at::Tensor& low, const at::Tensor& high, double stabilizer);
+
+// coefficients: z, g, P (when the rule reads it), M (optional) of one shape and dtype (float32/float64) on
+// one device, groups dividing dim 1, kind one of EPS, ZPLUS, GAMMA, AB; the scalars as above.
+void check_coefficients(const at::Tensor& z, const at::Tensor& g, const c10::optional<at::Tensor>& P,
+                        const c10::optional<at::Tensor>& M, int64_t kind, int64_t groups, double e, double gamma, double alpha,
+                        double beta);
+// The shape of coefficients' result: g's, or (N, groups, 2, O/groups, *sp) for the
+// two-coefficient rules (N = g.size(0)).
+std::vector<int64_t> coefficients_shape(const at::Tensor& z, const at::Tensor& g, int64_t kind,
+                                        int64_t groups);
+// signed_weights: W (O, ...) float32/float64, groups dividing O, scale (O,) of W's dtype/device.
+void check_signed_weights(const at::Tensor& W, const c10::optional<at::Tensor>& scale,
+                          int64_t groups);
 
 }  // namespace lrp_ext

@@ -65,12 +65,11 @@ template <int K, class T> LRP_HD T single(const Params<T>& p, T s, T r, T bias) 
   return r / stab(s, p.e);  // BOX: the bias cancels
 }
 
-// Two-coefficient rules: (c⁺, c⁻) from the sums of p⁺ (s1) and p⁻ (s2) and the bias.
+// Two-coefficient rules: (c⁺, c⁻) from the sums with the bias in them, P and M, and z (= P + M,
+// or the layer's own output when the caller has it: the model-level elementwise stage).
 template <int K, class T>
-LRP_HD void pair(const Params<T>& p, T s1, T s2, T r, T bias, T& cp, T& cn) {
-  const T P = s1 + pos(bias), M = s2 + neg(bias);
+LRP_HD void pair_pmz(const Params<T>& p, T P, T M, T z, T r, T& cp, T& cn) {
   if (K == GAMMA) {
-    const T z = P + M;
     const T sp = r * T(z > T(0) ? 1 : 0) / stab(z + p.gamma * P, p.e);
     const T sn = r * T(z < T(0) ? 1 : 0) / stab(z + p.gamma * M, p.e);
     cp = sp + sn + p.gamma * sp;
@@ -79,6 +78,12 @@ LRP_HD void pair(const Params<T>& p, T s1, T s2, T r, T bias, T& cp, T& cn) {
     cp = p.alpha * r / stab(P, p.e);
     cn = -p.beta * r / stab(M, p.e);
   }
+}
+// The same from the sums of p⁺ (s1) and p⁻ (s2) and the bias.
+template <int K, class T>
+LRP_HD void pair(const Params<T>& p, T s1, T s2, T r, T bias, T& cp, T& cn) {
+  const T P = s1 + pos(bias), M = s2 + neg(bias);
+  pair_pmz<K>(p, P, M, P + M, r, cp, cn);
 }
 
 // Both kinds by a run-time rule (the CUDA kernels take the rule as an argument to keep the

@@ -12,7 +12,8 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 from . import _checks
 
-__all__ = ["Param", "Rule", "RULES", "LRP0_EPSILON", "default", "check", "op_scalars"]
+__all__ = ["Param", "Rule", "RULES", "LRP0_EPSILON", "COEF_KIND", "default", "check",
+           "op_scalars"]
 
 LRP0_EPSILON = 1e-9  # LRP-0 is LRP-ε with this fixed ε
 
@@ -54,6 +55,10 @@ RULES = {r.name: r for r in (
 OP_TENSORS = {"epsilon": ("R", "a", "W", "b"), "gamma": ("R", "a", "W", "b"),
               "alpha_beta": ("R", "a", "W", "b"), "flat": ("R", "a", "W"),
               "w_square": ("R", "a", "W", "b"), "z_box": ("R", "a", "W", "low", "high")}
+
+# kinds of lrp_ext::coefficients, the model-level elementwise stage (rule::Kind in
+# csrc/rule_math.h): epsilon (also LRP-0), z⁺, gamma, alpha_beta
+COEF_KIND = {"epsilon": 0, "z_plus": 1, "gamma": 4, "alpha_beta": 5}
 
 
 def default(rule, param):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["merged_parameters", "merge_affine", "bn_scale_shift", "mergeable", "LAYER_TYPES",
+__all__ = ["merged_parameters", "merge_affine", "scale_rows", "merge_bias", "bn_scale_shift", "mergeable", "LAYER_TYPES",
            "BATCHNORM_TYPES"]
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
@@ -48,17 +48,24 @@ def merge_affine(W, b, scale, shift, transposed=False, groups=1):
     """``(W', b')`` of a layer with weight ``W`` and bias ``b`` (or None) followed by the
     per-output-channel affine map ``y·scale + shift``, as new tensors."""
     W = W.detach()
-    scale = scale.to(W.dtype)
-    shift = shift.to(W.dtype)
+    return scale_rows(W, scale.to(W.dtype), transposed, groups), merge_bias(b, scale, shift,
+                                                                            W.dtype)
+
+
+def scale_rows(W, scale, transposed=False, groups=1):
+    """``W`` with each output channel multiplied by ``scale`` (a new tensor)."""
     if transposed:
         g = groups
         Cin, Og = W.shape[:2]
         s = scale.reshape(g, 1, Og, *([1] * (W.dim() - 2)))
-        W2 = (W.reshape(g, Cin // g, Og, *W.shape[2:]) * s).reshape(W.shape)
-    else:
-        W2 = W * scale.reshape(-1, *([1] * (W.dim() - 1)))
-    b2 = shift if b is None else b.detach() * scale + shift
-    return W2, b2
+        return (W.reshape(g, Cin // g, Og, *W.shape[2:]) * s).reshape(W.shape)
+    return W * scale.reshape(-1, *([1] * (W.dim() - 1)))
+
+
+def merge_bias(b, scale, shift, dtype):
+    """The bias ``b·scale + shift`` (``shift`` when ``b`` is None) in ``dtype``."""
+    scale, shift = scale.to(dtype), shift.to(dtype)
+    return shift if b is None else b.detach() * scale + shift
 
 
 def merged_parameters(layer, bn, weight=None, bias=None):

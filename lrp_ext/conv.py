@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks, _conv_args, _table
+from . import canonize as _canon
+from . import ops as _ops
 
 __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box",
            "ConvSpec", "LinearSpec", "conv_spec", "apply_spec", "rule_backward", "COEF_RULES"]
@@ -68,30 +70,40 @@ class ConvSpec:
     with zero implicit padding (non-zero ``padding_mode`` or asymmetric ``"same"`` padding).
     """
 
-    __slots__ = ("weight", "bias", "stride", "padding", "dilation", "transposed",
-                 "output_padding", "groups", "nd", "pre_pad", "known_nonneg")
+    __slots__ = ("_weight", "raw_weight", "row_scale", "bias", "stride", "padding", "dilation",
+                 "transposed", "output_padding", "groups", "nd", "pre_pad", "known_nonneg")
 
     def __init__(self, weight, bias, stride, padding, dilation, transposed, output_padding,
-                 groups, nd, pre_pad=None):
-        self.weight, self.bias = weight, bias
+                 groups, nd, pre_pad=None, row_scale=None):
+        self._weight = weight if row_scale is None else None
+        self.raw_weight, self.row_scale, self.bias = weight, row_scale, bias
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.transposed, self.output_padding, self.groups = transposed, output_padding, groups
         self.nd, self.pre_pad = nd, pre_pad
         self.known_nonneg = False  # set by callers that know the input is >= 0
 
     @property
+    def weight(self):
+        """The layer's weight: ``raw_weight`` with its output channels scaled by ``row_scale``
+        (a merged BatchNorm), formed on first use; the signed weights skip it."""
+        if self._weight is None:
+            self._weight = _canon.scale_rows(self.raw_weight, self.row_scale, self.transposed,
+                                             self.groups)
+        return self._weight
+
+    @property
     def out_channels(self):
-        w = self.weight
+        w = self.raw_weight
         return w.shape[1] * self.groups if self.transposed else w.shape[0]
 
     @property
     def in_channels(self):
-        w = self.weight
+        w = self.raw_weight
         return w.shape[0] if self.transposed else w.shape[1] * self.groups
 
-    def with_params(self, weight, bias):
+    def with_params(self, weight, bias, row_scale=None):
         return ConvSpec(weight, bias, self.stride, self.padding, self.dilation, self.transposed,
-                        self.output_padding, self.groups, self.nd, self.pre_pad)
+                        self.output_padding, self.groups, self.nd, self.pre_pad, row_scale)
 
     # -- the two primitive operations, on (possibly block-stacked) weights ----------------
     def fwd(self, x, weight, bias=None, groups=None):
@@ -259,7 +271,10 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _float_spec(spec):
-    out = spec.with_params(spec.weight.float(), None if spec.bias is None else spec.bias.float())
+    rs = spec.row_scale
+    out = spec.with_params(spec.raw_weight.float(),
+                           None if spec.bias is None else spec.bias.float(),
+                           None if rs is None else rs.float())
     out.known_nonneg = spec.known_nonneg
     return out
 
@@ -283,11 +298,11 @@ class LinearSpec(ConvSpec):
 
     __slots__ = ()
 
-    def __init__(self, weight, bias):
-        super().__init__(weight, bias, (), (), (), False, (), 1, 0)
+    def __init__(self, weight, bias, row_scale=None):
+        super().__init__(weight, bias, (), (), (), False, (), 1, 0, row_scale=row_scale)
 
-    def with_params(self, weight, bias):
-        return LinearSpec(weight, bias)
+    def with_params(self, weight, bias, row_scale=None):
+        return LinearSpec(weight, bias, row_scale)
 
     def fwd(self, x, weight, bias=None, groups=None):
         return F.linear(x, weight, bias)
@@ -309,9 +324,10 @@ _BODIES = {
 COEF_RULES = frozenset(("zero", "epsilon", "gamma", "alpha_beta", "z_plus"))
 
 
-def rule_backward(rule, R, a, spec: ConvSpec, *, output=None, nonneg=False, low=None,
+def rule_backward(rule, g, a, spec: ConvSpec, *, output, nonneg=False, low=None,
                   high=None, **params):
-    """One layer's rule for model-level code, on validated tensors (``a``: (N, C, *sp)).
+    """One layer's rule for model-level code, on validated tensors (``a``: (N, C, *sp)), in
+    the gradient×input frame: the relevance at the output is ``output ⊙ g``.
 
     For the rules of the form ``R_in = a⁺ ⊙ c⁺ + a⁻ ⊙ c⁻`` (``COEF_RULES``) returns the input
     coefficients ``(c⁺, c⁻)`` (``c⁻`` None when ``a ≥ 0``); for flat, w² and z^B, whose
@@ -323,8 +339,7 @@ def rule_backward(rule, R, a, spec: ConvSpec, *, output=None, nonneg=False, low=
     coef = rule in COEF_RULES
     dtype = a.dtype
     if dtype in _LOW_PRECISION:
-        R, a, spec = R.float(), a.float(), _float_spec(spec)
-        output = None if output is None else output.float()
+        g, a, spec, output = g.float(), a.float(), _float_spec(spec), output.float()
         low = low.float() if isinstance(low, torch.Tensor) else low
         high = high.float() if isinstance(high, torch.Tensor) else high
     with torch.no_grad():
@@ -338,14 +353,14 @@ def rule_backward(rule, R, a, spec: ConvSpec, *, output=None, nonneg=False, low=
             ap = F.pad(a, pad, mode=mode)
             extra = tuple(F.pad(x, pad, mode=mode) for x in extra)
         if coef:
-            out = body(R, ap, spec, output, coef=True)
+            out = body(None, ap, spec, output, coef=True, g=g)
         elif body.needs_ones and spec.pre_pad is not None:
             sp = tuple(a.shape[2:])
             pad, mode = spec.pre_pad
-            out = (body(R, ap, spec, output, lambda c: F.pad(
+            out = (body(output * g, ap, spec, output, lambda c: F.pad(
                 torch.ones((1, c) + sp, dtype=a.dtype, device=a.device), pad, mode=mode)),)
         else:
-            out = (body(R, ap, spec, output, *extra),)
+            out = (body(output * g, ap, spec, output, *extra),)
         if spec.pre_pad is not None:
             pad = spec.pre_pad[0]
             sl = [slice(None), slice(None)]
@@ -371,47 +386,78 @@ def _nonneg(a):
 # ---------------------------------------------------------------------------------------------
 # rule bodies: (R, a, spec, output, ...) -> R_in, all inside no_grad
 # ---------------------------------------------------------------------------------------------
+def _coef(rule, R, z, g, P=None, M=None, groups=1, **params):
+    """The rule's output coefficients (one fused pass, ``lrp_ext::coefficients``) from the
+    relevance ``R``, or from the gradient ``g`` (``R = z ⊙ g``) when ``R`` is None."""
+    return _ops.coefficients(z, g if R is None else R, P, M, _table.COEF_KIND[rule], groups,
+                             params.pop("e"), times_z=R is None, **params)
+
+
 def _epsilon_body(e):
-    def body(R, a, spec, z, coef=False):
+    def body(R, a, spec, z, coef=False, g=None):
         if z is None:
             z = spec.fwd(a, spec.weight, spec.bias)
-        s = R / _stab(z, e)
-        c = spec.bwd(s, a.shape, spec.weight)
+        c = spec.bwd(_coef("epsilon", R, z, g, e=e), a.shape, spec.weight)
         return (c, None) if coef else a * c
     body.needs_ones = False
     return body
 
 
 class _SignedWeights:
-    """``W⁺``/``W⁻`` and their block stacks, each built at most once per call."""
+    """``W⁺``/``W⁻`` and their block stacks, each built at most once per call.
+
+    For non-transposed layers with the compiled ops, ``lrp_ext::signed_weights`` forms them in
+    one pass over the unmerged weight (``spec.raw_weight``, ``spec.row_scale``), so a merged
+    BatchNorm's weight is never formed; ``W⁺``/``W⁻`` are then views or copies of the stack.
+    """
 
     def __init__(self, spec):
         self.spec = spec
         self._pm = self._wp = self._wn = None
+        self._fused = not spec.transposed and _ops.has_model_ops(spec.raw_weight)
 
     def pm(self):
-        """``[[W⁺], [W⁻]]`` (two output blocks): one allocation, two clamp passes."""
+        """``[[W⁺], [W⁻]]`` (two output blocks): one allocation, one or two passes."""
         if self._pm is None:
             spec = self.spec
-            L = spec.logical(spec.weight)
-            S = torch.empty((L.shape[0], 2, L.shape[1], 1) + tuple(L.shape[2:]),
-                            dtype=L.dtype, device=L.device)
-            torch.clamp(L, min=0, out=S[:, 0, :, 0])
-            torch.clamp(L, max=0, out=S[:, 1, :, 0])
-            self._pm = spec.physical(S)
+            if self._fused:
+                self._pm = torch.ops.lrp_ext.signed_weights(spec.raw_weight, spec.row_scale,
+                                                            spec.groups, True)
+            else:
+                L = spec.logical(spec.weight)
+                S = torch.empty((L.shape[0], 2, L.shape[1], 1) + tuple(L.shape[2:]),
+                                dtype=L.dtype, device=L.device)
+                torch.clamp(L, min=0, out=S[:, 0, :, 0])
+                torch.clamp(L, max=0, out=S[:, 1, :, 0])
+                self._pm = spec.physical(S)
             if not spec.transposed and spec.groups == 1:
-                O = spec.weight.shape[0]
+                O = spec.raw_weight.shape[0]
                 self._wp, self._wn = self._pm[:O], self._pm[O:]
         return self._pm
 
+    def _half(self, i):
+        """``W⁺`` (0) or ``W⁻`` (1) out of the stack (non-transposed layers)."""
+        pm, O, g = self.pm(), self.spec.raw_weight.shape[0], self.spec.groups
+        return pm.reshape(g, 2, O // g, *pm.shape[1:])[:, i].reshape(O, *pm.shape[1:])
+
     def wp(self):
         if self._wp is None:
-            self._wp = self.spec.weight.clamp(min=0)
+            spec = self.spec
+            if self._pm is not None and not spec.transposed:
+                self._wp = self._half(0)
+            elif self._fused:  # W⁺ alone (z⁺ on a ≥ 0)
+                self._wp = torch.ops.lrp_ext.signed_weights(spec.raw_weight, spec.row_scale,
+                                                            spec.groups, False)
+            else:
+                self._wp = spec.weight.clamp(min=0)
         return self._wp
 
     def wn(self):
         if self._wn is None:
-            self._wn = self.spec.weight.clamp(max=0)
+            if self._fused or (self._pm is not None and not self.spec.transposed):
+                self._wn = self._half(1)
+            else:
+                self._wn = self.spec.weight.clamp(max=0)
         return self._wn
 
 
@@ -473,71 +519,45 @@ def _backward_pm(cp, cn, a, spec, sw, nonneg, coef=False):
     return (ag.clamp(min=0) * y[:, :, 0] + ag.clamp(max=0) * y[:, :, 1]).reshape(a.shape)
 
 
+def _signed_sums(a, spec, sw, nonneg, z, need_m):
+    """``P``, ``M`` (None when ``z`` is given or not needed) and ``z``, in the output's layout."""
+    P, M = _pm(a, spec, sw, nonneg, z, need_m=need_m and z is None)
+    shape = (P.shape[0], P.shape[1] * P.shape[2]) + tuple(P.shape[3:])
+    P = P.reshape(shape)
+    M = None if M is None else M.reshape(shape)
+    if z is None and M is not None:
+        z = P + M
+    return P, M, z
+
+
 def _gamma_body(gam, e):
-    def body(R, a, spec, z, coef=False):
+    def body(R, a, spec, z, coef=False, g=None):
         nonneg = spec.known_nonneg or _nonneg(a)
         sw = _SignedWeights(spec)
-        if nonneg:
-            sw.pm()  # the backward uses the stack: build it first so W⁺ is a view of it
-        P, M = _pm(a, spec, sw, nonneg, z, need_m=z is None or gam < 0)
-        zg = spec.grouped(z) if z is not None else P + M
-        Rg = spec.grouped(R)
-        G = torch.empty((Rg.shape[0], Rg.shape[1], 2) + tuple(Rg.shape[2:]), dtype=R.dtype,
-                        device=R.device)
-        if gam >= 0:
-            # P ≥ 0 and M ≤ 0, so z_p = z + γP > 0 where z > 0 and z_n = z + γM < 0 where z < 0:
-            # with t = sgn(z) ∈ {-1, 0, 1} and k = 1 + γ/2 − γt/2 (1 where z > 0, 1+γ where
-            # z < 0), the stabilised denominator is z·k + t·(γP + e), c⁻ = k·s, c⁺ = c⁻ + γ·t·s.
-            t = torch.sign(zg)
-            den = P.mul_(gam).add_(e).mul_(t)
-            k = t.mul(-0.5 * gam).add_(1.0 + 0.5 * gam)
-            den.addcmul_(zg, k)
-            s = torch.div(Rg, den, out=G[:, :, 1])
-            del den, P
-            s.masked_fill_(t == 0, 0)  # R[z>0] and R[z<0] both vanish where z == 0
-            torch.mul(s, t, out=G[:, :, 0])
-            del t
-            G[:, :, 1].mul_(k)
-            G[:, :, 0].mul_(gam).add_(G[:, :, 1])
-            del k, s
-        else:
-            pos = zg > 0
-            den = torch.where(pos, P, M).mul_(gam).add_(zg)
-            s = Rg / _stab(den, e)
-            s = s.masked_fill_(zg == 0, 0)
-            one_g = torch.tensor(1.0 + gam, dtype=R.dtype, device=R.device)
-            one = torch.tensor(1.0, dtype=R.dtype, device=R.device)
-            torch.mul(s, torch.where(pos, one_g, one), out=G[:, :, 0])
-            torch.mul(s, torch.where(pos, one, one_g), out=G[:, :, 1])
-            del den, s, P
-        del M
+        if nonneg or sw._fused:  # build the stack first: W⁺ and W⁻ come out of it
+            sw.pm()
+        P, M, z = _signed_sums(a, spec, sw, nonneg, z, need_m=True)
+        G = _coef("gamma", R, z, g, P, M, spec.groups, e=e, gamma=gam)
+        del P, M
         return _backward_pm(G, "stacked", a, spec, sw, nonneg, coef)
     body.needs_ones = False
     return body
 
 
 def _alpha_beta_body(alpha, beta, e):
-    def body(R, a, spec, z, coef=False):
+    def body(R, a, spec, z, coef=False, g=None):
         nonneg = spec.known_nonneg or _nonneg(a)
         need_m = beta != 0
         sw = _SignedWeights(spec)
-        if need_m and nonneg:
+        if need_m and (nonneg or sw._fused):
             sw.pm()
-        P, M = _pm(a, spec, sw, nonneg, z, need_m=need_m)
-        Rg = spec.grouped(R)
-        P.add_(e)  # P ≥ 0 (also -0.0 + e = e): stab(P) = P + e
-        if not need_m:
-            cp = torch.div(Rg, P)
-            if alpha != 1:
-                cp.mul_(alpha)
+        if not need_m:  # z⁺: P only (z only forms R = z ⊙ g; with R given it gives a shape)
+            P, _, _ = _signed_sums(a, spec, sw, nonneg, z, need_m=False)
+            c = _coef("z_plus", R, R if z is None else z, g, P, e=e, alpha=alpha)
             del P
-            return _backward_pm(cp, None, a, spec, sw, nonneg, coef)
-        G = torch.empty((Rg.shape[0], Rg.shape[1], 2) + tuple(Rg.shape[2:]), dtype=R.dtype,
-                        device=R.device)
-        torch.div(Rg, P, out=G[:, :, 0])
-        G[:, :, 0].mul_(alpha)
-        torch.div(Rg, _stab(M, e), out=G[:, :, 1])
-        G[:, :, 1].mul_(-beta)
+            return _backward_pm(spec.grouped(c), None, a, spec, sw, nonneg, coef)
+        P, M, z = _signed_sums(a, spec, sw, nonneg, z, need_m=True)
+        G = _coef("alpha_beta", R, z, g, P, M, spec.groups, e=e, alpha=alpha, beta=beta)
         del P, M
         return _backward_pm(G, "stacked", a, spec, sw, nonneg, coef)
     body.needs_ones = False

@@ -14,6 +14,7 @@ import torch
 from . import _table
 
 OP_NAMES = tuple(_table.OP_TENSORS)
+ALL_OPS = OP_NAMES + ("coefficients", "signed_weights")  # and the model-level stages
 
 _load_error: str | None = None
 try:  # importing the extension registers the ops with the dispatcher
@@ -41,7 +42,7 @@ def has_compiled_ops(device="cpu") -> bool:
     if key is None or not _loaded():
         return False
     return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"lrp_ext::{n}", key)
-               for n in OP_NAMES)
+               for n in ALL_OPS)
 
 
 _compiled_cache: dict = {}
@@ -120,6 +121,51 @@ def _(kind, message, like):
     return torch.empty_like(like)
 
 
+def _coefficients_fake(z, g, P, M, kind, groups, e, gamma, alpha, beta, times_z):
+    for n, t in (("g", g), ("P", P), ("M", M)):
+        if t is None:
+            continue
+        if t.dtype != z.dtype or t.device != z.device:
+            raise RuntimeError(f"coefficients: {n} must match z's dtype and device")
+        torch._check(t.shape[1:] == z.shape[1:], lambda: f"coefficients: {n} must have z's shape")
+    if kind not in tuple(_table.COEF_KIND.values()):
+        raise RuntimeError(f"coefficients: unknown kind {kind}")
+    if kind in (_table.COEF_KIND["gamma"], _table.COEF_KIND["alpha_beta"]):
+        N, O = g.shape[:2]
+        return z.new_empty((N, groups, 2, O // groups) + tuple(z.shape[2:]))
+    return g.new_empty(g.shape)
+
+
+COEF_DTYPES = (torch.float32, torch.float64)
+
+
+def has_model_ops(t):
+    """Whether ``coefficients`` / ``signed_weights`` are compiled for ``t``'s device and dtype."""
+    return t.dtype in COEF_DTYPES and _device_has_kernels(t.device.type)
+
+
+def _signed_weights_fake(W, scale, groups, both):
+    if W.dtype not in COEF_DTYPES:
+        raise RuntimeError(f"signed_weights: W must be float32 or float64, got {W.dtype}")
+    torch._check(W.shape[0] % groups == 0, lambda: "signed_weights: groups must divide O")
+    if scale is not None:
+        torch._check(tuple(scale.shape) == (W.shape[0],),
+                     lambda: "signed_weights: scale must have shape (O,)")
+    return W.new_empty(((2 if both else 1) * W.shape[0],) + tuple(W.shape[1:]))
+
+
+def coefficients(z, g, P, M, kind, groups, e, gamma=0.0, alpha=1.0, beta=0.0, times_z=True):
+    """``lrp_ext::coefficients`` where compiled for ``z``'s device and dtype, else its plain
+    PyTorch form :func:`lrp_ext.reference.coefficients` (the same numbers)."""
+    if has_model_ops(z):
+        return torch.ops.lrp_ext.coefficients(z, g, P, M, kind, groups, e, gamma, alpha, beta,
+                                              times_z)
+    from . import reference
+    return reference.coefficients(z, g, P, M, kind, groups, e, gamma, alpha, beta, times_z)
+
+
 if _loaded():
     for _name in OP_NAMES:
         torch.library.register_fake(f"lrp_ext::{_name}")(_make_fake(_name))
+    torch.library.register_fake("lrp_ext::coefficients")(_coefficients_fake)
+    torch.library.register_fake("lrp_ext::signed_weights")(_signed_weights_fake)

@@ -19,7 +19,7 @@ import torch
 from . import _checks, _table
 
 __all__ = ["zero", "epsilon", "gamma", "alpha_beta", "z_plus", "flat", "w_square", "z_box",
-           "stabilize"]
+           "stabilize", "coefficients"]
 _d = _table.default
 
 
@@ -181,3 +181,37 @@ def _z_box(R, a, W, low, high, stabilizer):
 
 # Conv-layer versions of the rules: lrp_ext.reference.conv.gamma(...) etc.
 from . import conv_reference as conv  # noqa: E402
+
+
+def coefficients(z, g, P, M, kind, groups, e, gamma, alpha, beta, times_z):
+    """The elementwise stage of a conv / linear rule at model level (``lrp_ext::coefficients``,
+    schema in ``csrc/lrp.cpp``), written out: its fallback and the compiled op's test oracle.
+
+    ``z`` (N, O, *sp) is the layer output, ``r = z ⊙ g`` (``times_z``) or ``r = g`` with ``g`` of
+    z's shape or K of them stacked along the batch (K·N, O, *sp), ``P`` / ``M``
+    the positive / negative sums (``M = z − P`` when None), ``kind`` from
+    ``lrp_ext._table.COEF_KIND``.  Returns ``r / stab(z)`` (ε), ``α r / stab(P)`` (z⁺), or the
+    stacked ``[c⁺; c⁻]`` as (N, groups, 2, O/groups, *sp) (γ, αβ) as in ``docs/rules.md``.
+    """
+    kinds = _table.COEF_KIND
+    gshape = g.shape
+    if g.shape[0] != z.shape[0]:  # K stacked gradients: z, P and M repeat
+        g = g.reshape((-1,) + tuple(z.shape))
+    r = z * g if times_z else g
+    if kind == kinds["epsilon"]:
+        return (r / stabilize(z, e)).reshape(gshape)
+    if kind == kinds["z_plus"]:
+        return (alpha * r / stabilize(P, e)).reshape(gshape)
+    if M is None:
+        M = z - P
+    if kind == kinds["gamma"]:
+        sp = r * (z > 0).to(r.dtype) / stabilize(z + gamma * P, e)
+        sn = r * (z < 0).to(r.dtype) / stabilize(z + gamma * M, e)
+        cp, cn = sp + sn + gamma * sp, sp + sn + gamma * sn
+    elif kind == kinds["alpha_beta"]:
+        cp, cn = alpha * r / stabilize(P, e), -beta * r / stabilize(M, e)
+    else:
+        raise ValueError(f"coefficients: unknown kind {kind}")
+    N, O = gshape[:2]
+    shape = (N, groups, O // groups) + tuple(z.shape[2:])
+    return torch.stack([cp.reshape(shape), cn.reshape(shape)], dim=2)

@@ -36,25 +36,16 @@
 
 namespace lrp_ext {
 namespace cpu {
-namespace {
 
-using at::Tensor;
-
-// ---------------------------------------------------------------- configuration knobs
-const char* env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
-
-enum class Isa { AVX512, AVX2, BASE };
-
+// LRP_EXT_CPU_ISA=auto|avx512|avx2|scalar, read at each call.
 Isa pick_isa() {
   static const bool has512 = __builtin_cpu_supports("avx512f") &&
                              __builtin_cpu_supports("avx512bw") &&
                              __builtin_cpu_supports("avx512vl") &&
                              __builtin_cpu_supports("avx512dq");
   static const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* want = env("LRP_EXT_CPU_ISA");
+  const char* want = std::getenv("LRP_EXT_CPU_ISA");
+  if (!want) want = "";
   if (!std::strcmp(want, "scalar")) return Isa::BASE;
   if (!std::strcmp(want, "avx2")) {
     TORCH_CHECK(has2, "LRP_EXT_CPU_ISA=avx2 but this CPU lacks AVX2/FMA");
@@ -65,6 +56,16 @@ Isa pick_isa() {
     return Isa::AVX512;
   }
   return has512 ? Isa::AVX512 : has2 ? Isa::AVX2 : Isa::BASE;
+}
+
+namespace {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------- configuration knobs
+const char* env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
 }
 
 // Largest batch for which streaming W in the fused kernels beats building modified weights

@@ -16,6 +16,7 @@
 #error "define LRP_ISA before including kernels.h"
 #endif
 #include "kernels_api.h"
+#include "rule_math.h"
 
 namespace lrp_ext {
 namespace cpu {
@@ -370,7 +371,52 @@ void by_type(const Job& j, int64_t o0, int64_t o1, void* out) {
   }
 }
 
+template <int K, class T, bool TZ>
+void coef_row(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
+  const int64_t n = j.inner, zr = row % j.zrows;
+  const T* __restrict__ z = static_cast<const T*>(j.z) + zr * n;
+  const T* __restrict__ g = static_cast<const T*>(j.g) + row * n;
+  const T* __restrict__ P = j.P ? static_cast<const T*>(j.P) + zr * n : nullptr;
+  const T* __restrict__ M = j.M ? static_cast<const T*>(j.M) + zr * n : nullptr;
+  T* __restrict__ o0 = static_cast<T*>(j.out) + row * n * (rule::is_signed(K) ? 2 : 1);
+  T* __restrict__ o1 = o0 + n;
+  const rule::Params<T> p{T(j.e), T(j.gamma), T(j.alpha), T(j.beta)};
+  for (int64_t k = k0; k < k1; ++k) {
+    const T zk = z[k];
+    const T r = TZ ? zk * g[k] : g[k];
+    if constexpr (rule::is_signed(K)) {
+      const T Pk = P[k];
+      T cp, cn;
+      rule::pair_pmz<K>(p, Pk, M ? M[k] : zk - Pk, zk, r, cp, cn);
+      o0[k] = cp;
+      o1[k] = cn;
+    } else if constexpr (K == rule::EPS) {
+      o0[k] = rule::single<K>(p, zk, r, T(0));
+    } else {
+      o0[k] = rule::single<K>(p, P[k], r, T(0));
+    }
+  }
+}
+
+template <class T, bool TZ>
+void coef_kind(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
+  switch (j.kind) {
+    case rule::EPS: return coef_row<rule::EPS, T, TZ>(j, row, k0, k1);
+    case rule::ZPLUS: return coef_row<rule::ZPLUS, T, TZ>(j, row, k0, k1);
+    case rule::GAMMA: return coef_row<rule::GAMMA, T, TZ>(j, row, k0, k1);
+    default: return coef_row<rule::AB, T, TZ>(j, row, k0, k1);
+  }
+}
+
 }  // namespace
+
+void coef_range(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
+  if (j.f64)
+    return j.times_z ? coef_kind<double, true>(j, row, k0, k1)
+                     : coef_kind<double, false>(j, row, k0, k1);
+  return j.times_z ? coef_kind<float, true>(j, row, k0, k1)
+                   : coef_kind<float, false>(j, row, k0, k1);
+}
 
 void forward_range(const Job& job, int64_t o0, int64_t o1) {
   by_type<true>(job, o0, o1, job.out);

@@ -9,6 +9,10 @@ enum Combo : int { ID = 0, POS = 1, SQ = 2, SPLIT = 3, MERGE = 4, CROSS = 5 };
 // weight storage; the accumulation type is double for W_F64 and float otherwise
 enum WType : int { W_F32 = 0, W_F64 = 1, W_BF16 = 2 };
 
+// The engine copy this CPU runs (csrc/cpu/dense.cpp): AVX-512, AVX2 + FMA, or SSE2.
+enum class Isa { AVX512, AVX2, BASE };
+Isa pick_isa();
+
 struct Job {
   int combo;
   int wtype;
@@ -18,8 +22,25 @@ struct Job {
   void* out;      // forward only: (KO, N, O)
 };
 
+// The model-level elementwise stage of a layer rule (csrc/cpu/elementwise.cpp): per output,
+// from z, g (r = z ⊙ g, or r = g), P and M, the coefficient(s) of rule kind `kind` (rule::Kind:
+// EPS, ZPLUS, GAMMA or AB). Rows of `inner` contiguous values; out: (rows, 2, inner) for the
+// two-coefficient rules, (rows, inner) otherwise; g and out have `rows` rows, z, P and M
+// `zrows` (row r of g reads row r mod zrows of z).
+struct CoefJob {
+  int kind;
+  bool f64;      // double, else float
+  bool times_z;  // r = z ⊙ g (g a gradient), else r = g (g a relevance)
+  const void *z, *g, *P, *M;  // P unused (null) for EPS; M null: M = z − P
+  void* out;
+  int64_t inner, zrows;
+  double e, gamma, alpha, beta;
+};
+
 #define LRP_DECLARE_ISA(ns)                                                            \
   namespace ns {                                                                       \
+  /* values [k0, k1) of row `row` */                                                   \
+  void coef_range(const CoefJob& job, int64_t row, int64_t k0, int64_t k1);            \
   void forward_range(const Job& job, int64_t o0, int64_t o1);                          \
   /* buf: (KO, N, I), must be zeroed by the caller; rows [o0, o1) are added into it */ \
   void backward_range(const Job& job, int64_t o0, int64_t o1, void* buf);              \

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RuleFn", "apply", "safe_div", "Subgraph"]
+from .. import conv as _conv
+from .. import ops as _ops
+from .._table import COEF_KIND
+
+__all__ = ["RuleFn", "apply", "safe_div", "proportional", "Subgraph"]
 
 
 class RuleFn(torch.autograd.Function):
@@ -42,6 +46,16 @@ def safe_div(num, den):
     zero = den == 0
     out = num / torch.where(zero, torch.ones((), dtype=den.dtype, device=den.device), den)
     return out.masked_fill(zero, 0)
+
+
+def proportional(g, y, e):
+    """``g ⊙ y / stab(y, e)``, the gradient of the proportional (ε) rule at an op's output ``y``
+    (0 where ``stab(y) == 0``, possible only for ``e == 0``); one fused pass for ``e > 0``."""
+    if e > 0 and y.shape == g.shape and y.dim() >= 1:
+        flat = (1, -1)
+        return _ops.coefficients(y.reshape(flat), g.reshape(flat), None, None,
+                                 COEF_KIND["epsilon"], 1, e).reshape(y.shape)
+    return g * safe_div(y, _conv._stab(y, e))
 
 
 class Subgraph:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .. import conv as _conv
 from .. import canonize as _canon
 from .. import composite as _comp
-from ._frame import Subgraph, apply, safe_div
+from ._frame import Subgraph, apply, proportional, safe_div
 from ._record import GATE, OTHER, REDUCE, Meta
 
 __all__ = ["dispatch", "HANDLERS", "UncoveredOp"]
@@ -284,9 +284,9 @@ class LayerNode:
         a, spec, z = self.a, self.spec, self.z
         if self.bn is not None:
             z = self.bn.y
-            W, b = _canon.merge_affine(spec.weight, spec.bias, self.bn.scale, self.bn.shift,
-                                       spec.transposed, spec.groups)
-            spec = spec.with_params(W, b)
+            dt = spec.raw_weight.dtype
+            b = _canon.merge_bias(spec.bias, self.bn.scale, self.bn.shift, dt)
+            spec = spec.with_params(spec.raw_weight, b, row_scale=self.bn.scale.to(dt))
         elif z is None:  # dropped for a BatchNorm merge that did not happen: recompute it
             with torch.no_grad():
                 unb = not isinstance(spec, _conv.LinearSpec) and a.dim() == spec.nd + 1
@@ -312,8 +312,7 @@ class LayerNode:
             high = params.pop("high")
             low = rec.low if low is None else low
             high = rec.high if high is None else high
-        R = z2 * g2
-        res = _conv.rule_backward(rule.name, R, a2, spec, output=z2, nonneg=self.nonneg,
+        res = _conv.rule_backward(rule.name, g2, a2, spec, output=z2, nonneg=self.nonneg,
                                   low=low, high=high, **params)
         self.a = self.z = None
         if res[1] == "relevance":
@@ -474,7 +473,7 @@ def _generic_linear(rec, func, args, kwargs, deps):
         if e is None:
             return g
         z = holder["z"]
-        return g * safe_div(z, _conv._stab(z, e))
+        return proportional(g, z, e)
     out = _run_sub(rec, func, args, kwargs, deps, [1] * len(deps), pre)
     holder["z"] = out.detach()
     return out
@@ -547,7 +546,7 @@ class BatchNormNode:
         if name == "gradient":
             return (g * s,)
         e = self.rule.params.get("epsilon", 1e-6) if name == "epsilon" else 1e-9
-        return (s * g * safe_div(y, _conv._stab(y, e)),)
+        return (s * proportional(g, y, e),)
 
 
 @register("batch_norm", where=(F,))
@@ -907,7 +906,7 @@ def _proportional(rec, func, args, kwargs, deps, e):
 
     def pre(g):
         y = holder["y"]
-        return g * safe_div(y, _conv._stab(y, e))
+        return proportional(g, y, e)
     if deps is None:
         deps = [v for v in args if isinstance(v, T) and rec.meta(v) is not None]
     out = _run_sub(rec, func, args, kwargs, deps, [1.0] * len(deps), pre)
@@ -934,7 +933,7 @@ class SumNode:
 
     def backward(self, g):
         y, self.y = self.y, None
-        gs = g * safe_div(y, _conv._stab(y, self.e))
+        gs = proportional(g, y, self.e)
         return tuple(gs.sum_to_size(sh) for sh in self.shapes)
 
 

@@ -1,0 +1,196 @@
+"""The model-level ops: ``lrp_ext::coefficients`` (the elementwise stage of a conv / linear
+rule) and ``lrp_ext::signed_weights`` (``[W⁺; W⁻]`` of a BatchNorm-merged weight), each kernel
+(every CPU ISA, CUDA) against its plain-PyTorch form in float64 and float32: random values of
+both signs with exact zeros, groups, K stacked gradients, non-contiguous inputs, non-finite
+values, and the argument errors; opcheck and the fake kernels."""
+import pytest
+import torch
+
+from lrp_ext import ops, reference
+from lrp_ext._table import COEF_KIND
+
+KINDS = tuple(COEF_KIND.items())  # (name, kind)
+
+
+def _compiled(device):
+    if not ops.has_compiled_ops(device):
+        pytest.skip(f"compiled {device} ops are not built")
+
+
+@pytest.fixture
+def isa(kernel):
+    """The CPU ISA copies (and CUDA) through the kernel configurations."""
+    return kernel
+
+
+def _case(shape, dtype, device, seed, K=1, zeros=True):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if zeros:
+        z.view(-1)[::7] = 0.0
+    P = torch.rand(shape, generator=gen, dtype=torch.float64) + z.clamp(min=0)
+    M = z - P  # the negative sum: z = P + M, M ≤ 0
+    g = torch.randn((K * shape[0],) + tuple(shape[1:]), generator=gen, dtype=torch.float64)
+    return tuple(t.to(dtype=dtype, device=device) for t in (z, g, P, M))
+
+
+def _ref(z, g, P, M, kind, groups, e, gamma, alpha, beta, times_z):
+    f64 = [None if t is None else t.double() for t in (z, g, P, M)]
+    return reference.coefficients(*f64, kind, groups, e, gamma, alpha, beta, times_z)
+
+
+PARAMS = dict(e=1e-6, gamma=0.25, alpha=2.0, beta=1.0)
+
+
+@pytest.mark.parametrize("name,kind", KINDS)
+@pytest.mark.parametrize("groups,K", [(1, 1), (3, 1), (1, 3), (3, 2)])
+@pytest.mark.parametrize("times_z", [True, False])
+def test_coefficients_match_reference(isa, name, kind, groups, K, times_z):
+    dev = isa.device
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+        for shape in ((2, 6, 5, 7), (3, 9), (1, 3, 4, 5, 2)):
+            if shape[1] % groups:
+                continue
+            z, g, P, M = _case(shape, dtype, dev, seed=len(shape) + K, K=K)
+            for MM in (None, M):
+                args = (kind, groups, PARAMS["e"], PARAMS["gamma"], PARAMS["alpha"],
+                        PARAMS["beta"], times_z)
+                got = torch.ops.lrp_ext.coefficients(z, g, P if kind else None, MM, *args)
+                want = _ref(z, g, P if kind else None, MM, *args)
+                assert got.shape == want.shape and got.dtype == dtype
+                torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=tol,
+                                           atol=tol * want.abs().max().item())
+
+
+@pytest.mark.parametrize("name,kind", KINDS)
+def test_coefficients_negative_gamma_and_stabilizer_zero(isa, name, kind):
+    z, g, P, M = _case((2, 4, 3, 3), torch.float64, isa.device, seed=5, zeros=False)
+    for e, gam in ((0.0, -0.2), (1e-3, -0.1), (1e-6, 0.0)):
+        args = (kind, 2, e, gam, 1.0, 0.0, True)
+        got = torch.ops.lrp_ext.coefficients(z, g, P, None, *args)
+        torch.testing.assert_close(got.cpu(), _ref(z, g, P, None, *args).cpu(), rtol=1e-12,
+                                   atol=0)
+
+
+@pytest.mark.parametrize("name,kind", KINDS)
+def test_coefficients_non_contiguous(isa, name, kind):
+    z, g, P, M = _case((5, 4, 6), torch.float32, isa.device, seed=9)
+    zt, gt, Pt, Mt = (t.transpose(0, 2).contiguous().transpose(0, 2) for t in (z, g, P, M))
+    assert not zt.is_contiguous()
+    args = (kind, 2, 1e-6, 0.25, 2.0, 1.0, True)
+    got = torch.ops.lrp_ext.coefficients(zt, gt, Pt, Mt, *args)
+    torch.testing.assert_close(got, torch.ops.lrp_ext.coefficients(z, g, P, M, *args))
+
+
+@pytest.mark.parametrize("name,kind", KINDS)
+def test_coefficients_non_finite(isa, name, kind):
+    """inf and NaN in z, g and P give the reference's values (NaN where it has NaN)."""
+    z, g, P, M = _case((2, 4, 9), torch.float64, isa.device, seed=3)
+    z.view(-1)[1] = float("inf")
+    z.view(-1)[4] = -float("inf")
+    z.view(-1)[8] = float("nan")
+    g.view(-1)[10] = float("inf")
+    g.view(-1)[12] = float("nan")
+    P.view(-1)[15] = float("inf")
+    args = (kind, 1, 1e-6, 0.25, 2.0, 1.0, True)
+    got = torch.ops.lrp_ext.coefficients(z, g, P, None, *args)
+    want = _ref(z, g, P, None, *args)
+    torch.testing.assert_close(got.cpu(), want.cpu(), rtol=1e-12, atol=0, equal_nan=True)
+
+
+def test_coefficients_errors(device):
+    _compiled(device)
+    z = torch.randn(2, 4, 3, device=device)
+    op = torch.ops.lrp_ext.coefficients
+    with pytest.raises(RuntimeError, match="kind must be"):
+        op(z, z, z, None, 2, 1, 1e-6, 0.25, 1.0, 0.0, True)
+    with pytest.raises(RuntimeError, match="groups=3 must divide"):
+        op(z, z, z, None, 4, 3, 1e-6, 0.25, 1.0, 0.0, True)
+    with pytest.raises(RuntimeError, match="g must have z's shape"):
+        op(z, torch.randn(3, 4, 3, device=device), z, None, 0, 1, 1e-6, 0, 1, 0, True)
+    with pytest.raises(RuntimeError, match="P must have z's shape"):
+        op(z, z, z[:, :2], None, 1, 1, 1e-6, 0, 1, 0, True)
+    with pytest.raises(RuntimeError, match="P is needed"):
+        op(z, z, None, None, 4, 1, 1e-6, 0.25, 1, 0, True)
+    with pytest.raises(RuntimeError, match="dtype mismatch"):
+        op(z, z.double(), z, None, 0, 1, 1e-6, 0, 1, 0, True)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        op(z.half(), z.half(), None, None, 0, 1, 1e-6, 0, 1, 0, True)
+    with pytest.raises(RuntimeError, match="e must be >= 0"):
+        op(z, z, None, None, 0, 1, -1.0, 0, 1, 0, True)
+    with pytest.raises(RuntimeError, match="gamma must be a finite"):
+        op(z, z, z, None, 4, 1, 1e-6, float("nan"), 1, 0, True)
+
+
+def test_coefficients_empty(device):
+    _compiled(device)
+    z = torch.empty(0, 4, 3, device=device)
+    out = torch.ops.lrp_ext.coefficients(z, z, z, None, 4, 2, 1e-6, 0.25, 1.0, 0.0, True)
+    assert out.shape == (0, 2, 2, 2, 3)
+
+
+def test_coefficients_fallback_is_reference():
+    """Without the compiled op (or for float16), ops.coefficients is the reference."""
+    z, g, P, M = _case((2, 4, 3), torch.float16, "cpu", seed=1)
+    got = ops.coefficients(z, g, P, None, COEF_KIND["gamma"], 1, 1e-3, gamma=0.25)
+    want = reference.coefficients(z, g, P, None, COEF_KIND["gamma"], 1, 1e-3, 0.25, 1.0, 0.0,
+                                  True)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got, want)
+
+
+def _signed_ref(W, scale, groups, both):
+    Ws = W if scale is None else W * scale.reshape(-1, *([1] * (W.dim() - 1)))
+    if not both:
+        return Ws.clamp(min=0)
+    L = Ws.reshape(groups, W.shape[0] // groups, *W.shape[1:])
+    return torch.stack([L.clamp(min=0), L.clamp(max=0)], 1).reshape(2 * W.shape[0],
+                                                                    *W.shape[1:])
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+@pytest.mark.parametrize("both", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_signed_weights_match_clamps(device, groups, both, dtype):
+    _compiled(device)
+    gen = torch.Generator().manual_seed(groups)
+    for shape in ((6, 4, 3, 3), (12, 5), (6, 2, 3, 2, 2)):
+        W = torch.randn(shape, generator=gen, dtype=dtype).to(device)
+        W.view(-1)[::5] = 0.0
+        W.view(-1)[3] = float("nan")
+        for scale in (None, (torch.rand(shape[0], generator=gen, dtype=dtype) - 0.3).to(device)):
+            got = torch.ops.lrp_ext.signed_weights(W, scale, groups, both)
+            torch.testing.assert_close(got, _signed_ref(W, scale, groups, both), rtol=0, atol=0,
+                                       equal_nan=True)
+        Wt = W.transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous view
+        torch.testing.assert_close(torch.ops.lrp_ext.signed_weights(Wt, None, groups, both),
+                                   _signed_ref(W, None, groups, both), equal_nan=True)
+
+
+def test_signed_weights_errors(device):
+    _compiled(device)
+    W = torch.randn(6, 4, 3, device=device)
+    op = torch.ops.lrp_ext.signed_weights
+    with pytest.raises(RuntimeError, match="groups=4 must divide"):
+        op(W, None, 4, True)
+    with pytest.raises(RuntimeError, match="scale must have shape"):
+        op(W, torch.ones(5, device=device), 1, True)
+    with pytest.raises(RuntimeError, match="scale must have W's dtype"):
+        op(W, torch.ones(6, dtype=torch.float64, device=device), 1, True)
+    with pytest.raises(RuntimeError, match="W must be"):
+        op(torch.randn(6, device=device), None, 1, True)
+
+
+def test_opcheck_model_ops(device):
+    _compiled(device)
+    z, g, P, M = _case((2, 6, 3, 3), torch.float32, device, seed=2, K=2)
+    for kind in COEF_KIND.values():
+        torch.library.opcheck(torch.ops.lrp_ext.coefficients,
+                              (z, g, P if kind else None, None, kind, 3, 1e-6, 0.25, 2.0, 1.0,
+                               True))
+    torch.library.opcheck(torch.ops.lrp_ext.coefficients,
+                          (z, g, P, M, COEF_KIND["alpha_beta"], 1, 1e-6, 0.0, 2.0, 1.0, False))
+    W = torch.randn(6, 4, 3, 3, device=device)
+    torch.library.opcheck(torch.ops.lrp_ext.signed_weights, (W, torch.rand(6, device=device), 2,
+                                                             True))
+    torch.library.opcheck(torch.ops.lrp_ext.signed_weights, (W, None, 1, False))
