@@ -36,6 +36,10 @@ Usage::
     PYTHONPATH=. python benchmarks/bench_models.py --models gpt2 --tokens 128,512
     PYTHONPATH=. python benchmarks/bench_models.py --quick           # small smoke run
     PYTHONPATH=. python benchmarks/bench_models.py --device cuda --batch 1,8,32
+
+For the CNNs it also prints each preset's algebraic floor (``floor_ratio``: the convolutions
+the rules cannot do without, timed layer by layer at the model's own shapes) and lrp_ext's time
+over it.
 """
 from __future__ import annotations
 
@@ -208,6 +212,103 @@ def _model(name, device, seed=0):
     return model.eval().to(device)
 
 
+# ---------------------------------------------------------------------------------------------
+# The algebraic floor of each preset (issue text and README): per Linear/conv layer, the
+# convolutions its rule cannot do without, timed one by one at the layer's own shapes, against
+# the two that gradient×input runs (the forward and the input gradient); everything else in the
+# network (activations, pooling, BatchNorm) is counted as in gradient×input.
+#   gradient, LRP-0, ε:  forward + backward (O channels)                     (= gradient×input)
+#   z⁺, a ≥ 0:           forward, P = a∗W⁺, backward with W⁺
+#   z⁺, mixed signs:     forward, P = [a⁺, a⁻]∗[W⁺, W⁻], backward to [a⁺, a⁻]
+#   γ / αβ, a ≥ 0:       forward, P = a∗W⁺, backward of [c⁺; c⁻] with [W⁺; W⁻] (2O channels)
+#   γ / αβ, mixed:       forward, P = [a⁺, a⁻]∗[W⁺, W⁻], backward with the 2×2 block weight
+#   z^B:                 forward, backward of c with [W, W⁺, W⁻] (to 3C channels; the low and
+#                        high terms of its forward are the same for every sample: not counted)
+#   flat:                forward (its backward does not read W)
+def _layer_floor(spec, a, rule, repeats):
+    W = spec.weight
+    with torch.no_grad():
+        z = spec.fwd(a, W, spec.bias)
+        nonneg = bool(a.amin() >= 0)
+        Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+        c = torch.randn_like(z)
+        N = a.shape[0]
+
+        def med(fn):
+            fn()
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            return statistics.median(ts)
+        fwd = med(lambda: spec.fwd(a, W, spec.bias))
+        bwd = med(lambda: spec.bwd(c, a.shape, W))
+        gxi = fwd + bwd
+        if rule in ("gradient", "zero", "epsilon", "pass"):
+            return gxi, gxi
+        if rule == "flat":
+            return gxi, fwd
+        shape2 = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
+        if rule == "z_box":
+            c3 = spec.stack_weights([[W, Wp, Wn]])
+            shape3 = (N, 3 * a.shape[1]) + tuple(a.shape[2:])
+            return gxi, fwd + med(lambda: spec.bwd(c, shape3, c3))
+        if nonneg:
+            P = med(lambda: spec.fwd(a, Wp))
+        else:
+            x2 = spec.stack_inputs([a.clamp(min=0), a.clamp(max=0)])
+            w2 = spec.stack_weights([[Wp, Wn]])
+            P = med(lambda: spec.fwd(x2, w2))
+        if rule == "z_plus":
+            if nonneg:
+                return gxi, fwd + P + med(lambda: spec.bwd(c, a.shape, Wp))
+            return gxi, fwd + P + med(lambda: spec.bwd(c, shape2, spec.stack_weights([[Wp, Wn]])))
+        c2 = torch.randn((N, 2 * z.shape[1]) + tuple(z.shape[2:]))
+        if nonneg:
+            pm = spec.stack_weights([[Wp], [Wn]])
+            return gxi, fwd + P + med(lambda: spec.bwd(c2, a.shape, pm))
+        blk = spec.stack_weights([[Wp, Wn], [Wn, Wp]])
+        return gxi, fwd + P + med(lambda: spec.bwd(c2, shape2, blk))
+
+
+def floor_ratio(model, x, composite, t_gxi, repeats=3):
+    """The preset's floor as a ratio to gradient×input's measured time ``t_gxi``."""
+    from lrp_ext import conv as lconv
+    from lrp_ext.composite import get_composite
+    comp = get_composite(composite)
+    recs = []
+    hooks = [mod.register_forward_hook(
+        lambda m, inp, out, n=n: recs.append((n, m, inp[0].detach())))
+        for n, mod in model.named_modules()
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    layers_gxi = layers_floor = 0.0
+    for i, (n, mod, a) in enumerate(recs):
+        r = comp.rule_for(n, mod, first=i == 0)
+        rule = "gradient" if r is None else r.name
+        if rule == "alpha_beta" and r.params["beta"] == 0:
+            rule = "z_plus"
+        if isinstance(mod, torch.nn.Linear):
+            spec = lconv.LinearSpec(mod.weight.detach(), None if mod.bias is None
+                                    else mod.bias.detach())
+            a = a.reshape(-1, a.shape[-1])
+        else:
+            spec = lconv.conv_spec(mod)
+            if spec.pre_pad is not None:
+                a = torch.nn.functional.pad(a, *spec.pre_pad)
+        g, f = _layer_floor(spec, a, rule, repeats)
+        layers_gxi += g
+        layers_floor += f
+    other = max(t_gxi - layers_gxi, 0.0)
+    return (layers_floor + other) / t_gxi, layers_floor / layers_gxi
+
+
 def _methods(name, model, x, target, device, with_zennit, with_captum):
     low = ((0 - MEAN) / STD).to(device)
     high = ((1 - MEAN) / STD).to(device)
@@ -373,6 +474,17 @@ def main(argv=None):
                 else:
                     print(f"{label:10s} {bs:5d} {mname:28s} {t:9.3f} {rt:7.2f} {tmin:8.3f} "
                           f"{rmin:7.2f} {peak:9.1f} {rm:9.2f}", flush=True)
+            if name != "gpt2" and not name.startswith(("vit_", "swin_")) and base_t:
+                for comp in COMPOSITES:
+                    mrow = next((r for r in rows[::-1] if r["method"] == f"lrp_ext:{comp}"
+                                 and r["model"] == name and r["batch"] == bs), None)
+                    if mrow is None or mrow["error"]:
+                        continue
+                    fl, fl_layers = floor_ratio(model, x, comp, base_t)
+                    mrow["floor"], mrow["ratio_to_floor"] = fl, mrow["ratio_time"] / fl
+                    print(f"{label:10s} {bs:5d} {'floor:' + comp:28s} {'':9s} {fl:7.2f}   "
+                          f"(layers alone {fl_layers:.2f}; lrp_ext / floor = "
+                          f"{mrow['ratio_time'] / fl:.2f})", flush=True)
             if lxt is not None:
                 pl, lt, plmin, ltmin = lxt
                 print(f"{label:10s} {bs:5d} {'lxt:attnlrp (own process)':28s} {lt:9.3f} "
@@ -383,8 +495,8 @@ def main(argv=None):
                                  min_s=ltmin, ratio_min=ltmin / plmin, peak_mb=float("nan"),
                                  ratio_mem=float("nan"), error="", tokens=T))
     with open(args.csv, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]) + (["tokens"] if "tokens" not in rows[0]
-                                                           else []))
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
     print(f"# wrote {args.csv}")
