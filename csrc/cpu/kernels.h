@@ -371,13 +371,15 @@ void by_type(const Job& j, int64_t o0, int64_t o1, void* out) {
   }
 }
 
-template <int K, class T, bool TZ>
+// TZ: r = z ⊙ g; HM: M is given (else M = z − P). Compile-time flags, so that the loop has no
+// conditional loads and vectorizes.
+template <int K, class T, bool TZ, bool HM>
 void coef_row(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
   const int64_t n = j.inner, zr = row % j.zrows;
   const T* __restrict__ z = static_cast<const T*>(j.z) + zr * n;
   const T* __restrict__ g = static_cast<const T*>(j.g) + row * n;
-  const T* __restrict__ P = j.P ? static_cast<const T*>(j.P) + zr * n : nullptr;
-  const T* __restrict__ M = j.M ? static_cast<const T*>(j.M) + zr * n : nullptr;
+  const T* __restrict__ P = static_cast<const T*>(j.P) + (j.P ? zr * n : 0);
+  const T* __restrict__ M = static_cast<const T*>(j.M) + (j.M ? zr * n : 0);
   T* __restrict__ o0 = static_cast<T*>(j.out) + row * n * (rule::is_signed(K) ? 2 : 1);
   T* __restrict__ o1 = o0 + n;
   const rule::Params<T> p{T(j.e), T(j.gamma), T(j.alpha), T(j.beta)};
@@ -387,7 +389,7 @@ void coef_row(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
     if constexpr (rule::is_signed(K)) {
       const T Pk = P[k];
       T cp, cn;
-      rule::pair_pmz<K>(p, Pk, M ? M[k] : zk - Pk, zk, r, cp, cn);
+      rule::pair_pmz<K>(p, Pk, HM ? M[k] : zk - Pk, zk, r, cp, cn);
       o0[k] = cp;
       o1[k] = cn;
     } else if constexpr (K == rule::EPS) {
@@ -398,24 +400,27 @@ void coef_row(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
   }
 }
 
-template <class T, bool TZ>
+template <class T, bool TZ, bool HM>
 void coef_kind(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
   switch (j.kind) {
-    case rule::EPS: return coef_row<rule::EPS, T, TZ>(j, row, k0, k1);
-    case rule::ZPLUS: return coef_row<rule::ZPLUS, T, TZ>(j, row, k0, k1);
-    case rule::GAMMA: return coef_row<rule::GAMMA, T, TZ>(j, row, k0, k1);
-    default: return coef_row<rule::AB, T, TZ>(j, row, k0, k1);
+    case rule::EPS: return coef_row<rule::EPS, T, TZ, false>(j, row, k0, k1);
+    case rule::ZPLUS: return coef_row<rule::ZPLUS, T, TZ, false>(j, row, k0, k1);
+    case rule::GAMMA: return coef_row<rule::GAMMA, T, TZ, HM>(j, row, k0, k1);
+    default: return coef_row<rule::AB, T, TZ, HM>(j, row, k0, k1);
   }
+}
+
+template <class T>
+void coef_type(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
+  if (j.times_z)
+    return j.M ? coef_kind<T, true, true>(j, row, k0, k1) : coef_kind<T, true, false>(j, row, k0, k1);
+  return j.M ? coef_kind<T, false, true>(j, row, k0, k1) : coef_kind<T, false, false>(j, row, k0, k1);
 }
 
 }  // namespace
 
 void coef_range(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
-  if (j.f64)
-    return j.times_z ? coef_kind<double, true>(j, row, k0, k1)
-                     : coef_kind<double, false>(j, row, k0, k1);
-  return j.times_z ? coef_kind<float, true>(j, row, k0, k1)
-                   : coef_kind<float, false>(j, row, k0, k1);
+  return j.f64 ? coef_type<double>(j, row, k0, k1) : coef_type<float>(j, row, k0, k1);
 }
 
 void forward_range(const Job& job, int64_t o0, int64_t o1) {
