@@ -397,7 +397,8 @@ def _epsilon_body(e):
     def body(R, a, spec, z, coef=False, g=None):
         if z is None:
             z = spec.fwd(a, spec.weight, spec.bias)
-        c = spec.bwd(_coef("epsilon", R, z, g, e=e), a.shape, spec.weight)
+        c = _coef("epsilon", R, z, g, e=e)
+        c = spec.bwd(c, (c.shape[0],) + tuple(a.shape[1:]), spec.weight)
         return (c, None) if coef else a * c
     body.needs_ones = False
     return body
@@ -495,26 +496,27 @@ def _backward_pm(cp, cn, a, spec, sw, nonneg, coef=False):
     ``(T(...) for a⁺, T(...) for a⁻)`` (the second None when ``a ≥ 0``): the relevance is
     ``a⁺ ⊙ first + a⁻ ⊙ second``.
     """
-    N = a.shape[0]
+    N = cp.shape[0]  # K·N when the coefficients hold K gradients of one forward (coef only)
+    a_shape = (N,) + tuple(a.shape[1:])
     if isinstance(cn, str):
         G, kO = cp.reshape(N, -1, *cp.shape[4:]), 2
     else:
         G, kO = cp.reshape(N, -1, *cp.shape[3:]), 1
     if kO == 1:
         if nonneg:
-            c = spec.bwd(G, a.shape, sw.wp())
+            c = spec.bwd(G, a_shape, sw.wp())
             return (c, None) if coef else a.mul(c)
         x_shape = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
         y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[sw.wp(), sw.wn()]])), 2)
     elif nonneg:
-        c = spec.bwd(G, a.shape, sw.pm())
+        c = spec.bwd(G, a_shape, sw.pm())
         return (c, None) if coef else c.mul_(a)
     else:
         Wp, Wn = sw.wp(), sw.wn()
         x_shape = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
         y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[Wp, Wn], [Wn, Wp]])), 2)
     if coef:
-        return y[:, :, 0].reshape(a.shape), y[:, :, 1].reshape(a.shape)
+        return y[:, :, 0].reshape(a_shape), y[:, :, 1].reshape(a_shape)
     ag = spec.grouped(a)
     return (ag.clamp(min=0) * y[:, :, 0] + ag.clamp(max=0) * y[:, :, 1]).reshape(a.shape)
 

@@ -183,19 +183,50 @@ def _start_gradient(out, target, relevance):
                             f"{type(target).__name__}") from None
         if idx.is_floating_point() or idx.dtype == torch.bool or idx.is_complex():
             raise TypeError(f"explain: target must hold integers, got dtype {idx.dtype}")
-        idx = idx.long().reshape(-1)
-        if idx.numel() == 1:
-            idx = idx.expand(N)
-        if idx.numel() != N:
-            raise ValueError(f"explain: target has {idx.numel()} entries but the batch has "
-                             f"{N} samples")
+        if idx.dim() == 2:  # several targets per sample: (N, T) or (1, T) for every sample
+            if idx.shape[0] not in (1, N) or idx.shape[1] == 0:
+                raise ValueError(f"explain: a 2-D target must have shape (N, T) or (1, T) "
+                                 f"with N={N} samples and T >= 1 targets, got "
+                                 f"{tuple(idx.shape)}")
+            idx = idx.long().expand(N, idx.shape[1])
+        elif idx.dim() > 2:
+            raise ValueError(f"explain: target must be an int, (N,) or (N, T), got shape "
+                             f"{tuple(idx.shape)}")
+        else:
+            idx = idx.long().reshape(-1)
+            if idx.numel() == 1:
+                idx = idx.expand(N)
+            if idx.numel() != N:
+                raise ValueError(f"explain: target has {idx.numel()} entries but the batch "
+                                 f"has {N} samples (for several targets per sample pass an "
+                                 f"(N, T) or (1, T) target)")
     if N and (int(idx.min()) < 0 or int(idx.max()) >= K):
         raise ValueError(f"explain: target index out of range for an output with {K} "
                          f"classes: {idx.tolist()}")
+    if idx.dim() == 2:  # (T, *out.shape): one start gradient per target
+        T = idx.shape[1]
+        mask = torch.zeros((T,) + tuple(out.shape), dtype=out.dtype, device=out.device)
+        shape = (T, N, 1) + (1,) * (out.dim() - 2)
+        mask.scatter_(2, idx.t().reshape(shape).expand((T, N, 1) + tuple(out.shape[2:])), 1.0)
+        return mask
     mask = torch.zeros(out.shape, dtype=out.dtype, device=out.device)
     shape = (N, 1) + (1,) * (out.dim() - 2)
     mask.scatter_(1, idx.reshape(shape).expand((N, 1) + tuple(out.shape[2:])), 1.0)
     return mask
+
+
+def _backward(out, wrt, g0, multi):
+    """The modified gradients at ``wrt``: one backward, or for K targets one backward under
+    ``torch.func.vmap`` over the K start gradients (the rule nodes run at batch K·N)."""
+    if not (out.requires_grad and wrt):
+        return [None] * len(wrt)
+    if not multi:
+        return torch.autograd.grad([out], wrt, [g0], allow_unused=True)
+
+    def one(g):
+        got = torch.autograd.grad([out], wrt, [g], allow_unused=True)
+        return tuple(torch.zeros_like(w) if v is None else v for w, v in zip(wrt, got))
+    return torch.func.vmap(one)(g0)
 
 
 def _inputs(inputs):
@@ -230,7 +261,9 @@ def explain(model, inputs, target=None, *, relevance=None, composite="epsilon_ga
         get none — to explain a text model pass ``inputs_embeds`` and sum the relevance over
         the hidden dim for per-token scores.
     target: int, or per-sample class indices along dim 1 of the output: the output relevance
-        is the target logit (the one-hot mask times the output).
+        is the target logit (the one-hot mask times the output).  A 2-D target, (N, T) or
+        (1, T) for every sample, explains T targets from one forward and one batched backward
+        (the rules run at batch T·N) and returns relevance of shape (N, T, ...).
     relevance: the output relevance itself (same shape as the output); exactly one of
         ``target`` and ``relevance``.  (Entries where the output is exactly 0 carry none.)
     composite: a preset name (``epsilon_gamma_box``, ``epsilon_plus``, ``epsilon_plus_flat``,
@@ -278,7 +311,6 @@ def explain(model, inputs, target=None, *, relevance=None, composite="epsilon_ga
         for t in list(mod._parameters.values()) + list(mod._buffers.values()):
             if t is not None:
                 rec.owner.setdefault(id(t), (mname, mod))
-    rec.inputs, rec.direct = {}, {}
 
     guard = _BufferGuard(model)
     try:
@@ -298,29 +330,31 @@ def explain(model, inputs, target=None, *, relevance=None, composite="epsilon_ga
             with _ModuleHooks(), RecordMode(rec, dispatch):
                 out = _select(model(*args, **kwargs), output)
             guard.restore()
-            g0 = _start_gradient(out, target, relevance)
+            g0 = _start_gradient(out, target, relevance)  # (K, *out.shape) for K targets
+            multi = g0.dim() == out.dim() + 1
             at_names = [n for n in at if n in rec.at_out]
-            wrt = [leaves[k] for k in keys] + [rec.at_out[n] for n in at_names]
-            if out.requires_grad and wrt:
-                grads = torch.autograd.grad([out], wrt, [g0], allow_unused=True)
-            else:
-                grads = [None] * len(wrt)
+            direct = [k for k in keys if k in rec.direct]
+            wrt = ([leaves[k] for k in keys] + [rec.at_out[n] for n in at_names]
+                   + [rec.direct[k] for k in direct])
+            grads = _backward(out, wrt, g0, multi)
     finally:
         guard.restore()
     if rec.uncovered:
         warnings.warn("explain: ops without an LRP rule took their plain gradient:\n  "
                       + "\n  ".join(rec.uncovered), RuntimeWarning, stacklevel=2)
-    rel = {}
-    for k, g in zip(keys, grads):
-        leaf = leaves[k].detach()
-        r = torch.zeros_like(leaf) if g is None else leaf * g
-        if k in rec.direct:
-            r = r + rec.direct[k]
-        rel[k] = r
-    hidden = {}
-    for n, g in zip(at_names, grads[len(keys):]):
-        t = rec.at_out[n].detach()
-        hidden[n] = torch.zeros_like(t) if g is None else t * g
+
+    def relevance_of(t, g):  # t ⊙ g; for K targets (N, K, ...)
+        t = t.detach()
+        if g is None:
+            return torch.zeros(((t.shape[0], g0.shape[0]) + t.shape[1:]) if multi else t.shape,
+                               dtype=t.dtype, device=t.device)
+        return (t * g).movedim(0, 1) if multi else t * g
+    n_in, n_at = len(keys), len(at_names)
+    rel = {k: relevance_of(leaves[k], g) for k, g in zip(keys, grads)}
+    for k, g in zip(direct, grads[n_in + n_at:]):
+        if g is not None:
+            rel[k] = rel[k] + (g.movedim(0, 1) if multi else g)
+    hidden = {n: relevance_of(rec.at_out[n], g) for n, g in zip(at_names, grads[n_in:])}
     for n in at:
         hidden.setdefault(n, None)
     if isinstance(inputs, torch.Tensor):

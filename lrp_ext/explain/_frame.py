@@ -5,8 +5,15 @@ tensor ``t`` is ``t ⊙ g``.  Each op whose rule differs from its plain gradient
 :class:`RuleFn` node whose backward is a handler's ``backward(g)``; every other op keeps its
 plain gradient, which is already the rule in this frame (views, indexing, concatenation,
 residual sums, pooling, scaling by constants).
+
+Several targets of one forward: the backward runs once under ``torch.func.vmap`` over K output
+gradients.  Autograd's own nodes batch by their vmap rules; a :class:`RuleFn` unwraps the batched
+gradient and hands its node ``g`` with a leading K dim (``lead()`` is then ``(K,)``): the rules
+run once at batch K·N on the forward's tensors of batch N.
 """
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -14,7 +21,21 @@ from .. import conv as _conv
 from .. import ops as _ops
 from .._table import COEF_KIND
 
-__all__ = ["RuleFn", "apply", "safe_div", "proportional", "Subgraph"]
+__all__ = ["RuleFn", "apply", "safe_div", "proportional", "Subgraph", "lead", "sum_to"]
+
+_functorch = torch._C._functorch
+_LOCAL = threading.local()
+
+
+def lead():
+    """The leading dims of the gradient a node's backward gets: ``(K,)`` inside a batched
+    backward over K targets, else ``()``."""
+    return getattr(_LOCAL, "lead", ())
+
+
+def sum_to(t, shape):
+    """``t`` summed to ``shape`` (a forward tensor's shape) keeping the leading dims."""
+    return t.sum_to_size(lead() + tuple(shape))
 
 
 class RuleFn(torch.autograd.Function):
@@ -30,9 +51,19 @@ class RuleFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         node = ctx.node
-        grads = node.backward(g)
         ctx.node = None  # one backward: the node's tensors go with it
-        return (None,) + tuple(grads)
+        if not _functorch.is_batchedtensor(g):
+            return (None,) + tuple(node.backward(g))
+        level = _functorch.maybe_get_level(g)
+        gu, bdim = _functorch._unwrap_batched(g, level)
+        gu = gu.movedim(bdim, 0)
+        _LOCAL.lead = gu.shape[:1]
+        try:
+            grads = node.backward(gu)
+        finally:
+            _LOCAL.lead = ()
+        return (None,) + tuple(None if v is None else _functorch._add_batch_dim(v, 0, level)
+                               for v in grads)
 
 
 def apply(node, inputs, value):
@@ -51,10 +82,10 @@ def safe_div(num, den):
 def proportional(g, y, e):
     """``g ⊙ y / stab(y, e)``, the gradient of the proportional (ε) rule at an op's output ``y``
     (0 where ``stab(y) == 0``, possible only for ``e == 0``); one fused pass for ``e > 0``."""
-    if e > 0 and y.shape == g.shape and y.dim() >= 1:
-        flat = (1, -1)
-        return _ops.coefficients(y.reshape(flat), g.reshape(flat), None, None,
-                                 COEF_KIND["epsilon"], 1, e).reshape(y.shape)
+    k = g.dim() - y.dim()  # leading dims of g (several targets)
+    if e > 0 and g.shape[k:] == y.shape and y.dim() >= 1 and k <= 1:
+        return _ops.coefficients(y.reshape(1, -1), g.reshape(g.shape[0] if k else 1, -1), None,
+                                 None, COEF_KIND["epsilon"], 1, e).reshape(g.shape)
     return g * safe_div(y, _conv._stab(y, e))
 
 
@@ -75,7 +106,15 @@ class Subgraph:
         return self.out.detach()
 
     def grad(self, g):
-        got = torch.autograd.grad(self.out, self.leaves, g, allow_unused=True)
-        out = [torch.zeros_like(lf) if v is None else v for lf, v in zip(self.leaves, got)]
+        if lead():  # K targets: one vector-Jacobian product each, stacked
+            per = [self._vjp(g[k], retain=k + 1 < g.shape[0]) for k in range(g.shape[0])]
+            out = [torch.stack(vs) for vs in zip(*per)]
+        else:
+            out = self._vjp(g, retain=False)
         self.leaves = self.out = None
         return out
+
+    def _vjp(self, g, retain):
+        got = torch.autograd.grad(self.out, self.leaves, g, allow_unused=True,
+                                  retain_graph=retain)
+        return [torch.zeros_like(lf) if v is None else v for lf, v in zip(self.leaves, got)]

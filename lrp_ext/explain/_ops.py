@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .. import conv as _conv
 from .. import canonize as _canon
 from .. import composite as _comp
-from ._frame import Subgraph, apply, proportional, safe_div
+from ._frame import Subgraph, apply, lead, proportional, safe_div, sum_to
 from ._record import GATE, OTHER, REDUCE, Meta
 
 __all__ = ["dispatch", "HANDLERS", "UncoveredOp"]
@@ -278,6 +278,7 @@ class LayerNode:
         self.nonneg = nonneg
         self.uses = 0
         self.bn = None  # the BatchNorm node merged into this layer (decided at backward)
+        self.aux = False  # a second input that takes a model input's relevance directly
 
     def backward(self, g):
         rec, rule = self.rec, self.rule
@@ -292,19 +293,18 @@ class LayerNode:
                 unb = not isinstance(spec, _conv.LinearSpec) and a.dim() == spec.nd + 1
                 z = spec.fwd(a.unsqueeze(0) if unb else a, spec.weight, spec.bias)
                 z = z.squeeze(0) if unb else z
+        shape, L = a.shape, lead()  # L: (K,) for K targets at once
         if isinstance(spec, _conv.LinearSpec):
-            shape = a.shape
             a2 = a.reshape(-1, shape[-1])
             z2 = z.reshape(-1, z.shape[-1])
-            g2 = g.reshape(-1, z.shape[-1])
         else:
-            shape = a.shape
             unb = a.dim() == spec.nd + 1
-            a2, z2, g2 = (a.unsqueeze(0), z.unsqueeze(0), g.unsqueeze(0)) if unb else (a, z, g)
+            a2, z2 = (a.unsqueeze(0), z.unsqueeze(0)) if unb else (a, z)
+        g2 = g.reshape((-1,) + tuple(z2.shape[1:]))  # (K·N, ...): the K gradients stacked
         if rule.name == "gradient":
-            gin = spec.bwd(g2, a2.shape, spec.weight)
+            gin = spec.bwd(g2, (g2.shape[0],) + tuple(a2.shape[1:]), spec.weight)
             self.a = self.z = None
-            return (gin.reshape(shape),)
+            return (gin.reshape(L + shape),) + ((None,) if self.aux else ())
         params = dict(rule.params)
         low = high = None
         if rule.name == "z_box":
@@ -312,19 +312,24 @@ class LayerNode:
             high = params.pop("high")
             low = rec.low if low is None else low
             high = rec.high if high is None else high
+        relevance_rule = rule.name not in _conv.COEF_RULES
+        if relevance_rule and L:  # relevance not a multiple of a: the rule at batch K·N
+            reps = (L[0],) + (1,) * (a2.dim() - 1)
+            a2, z2 = a2.repeat(reps), z2.repeat(reps)
         res = _conv.rule_backward(rule.name, g2, a2, spec, output=z2, nonneg=self.nonneg,
                                   low=low, high=high, **params)
         self.a = self.z = None
-        if res[1] == "relevance":
-            Rin = res[0].reshape(shape)
-            key = rec.inputs.get(id(a))
-            if key is not None:
-                rec.direct[key] = Rin if key not in rec.direct else rec.direct[key] + Rin
-                return (torch.zeros_like(Rin),)
+        if relevance_rule:
+            Rin = res[0].reshape(L + shape)
+            if self.aux:  # a model input: its relevance directly, not through R / a
+                return (None, Rin)
             return (safe_div(Rin, a),)
-        cp, cn = res
+        cp, cn = (None if t is None else t.reshape(L + tuple(a2.shape)) for t in res)
         gin = cp if cn is None else torch.where(a2 < 0, cn, cp)
-        return (gin.reshape(shape),)
+        return (gin.reshape(L + shape),) + ((None,) if self.aux else ())
+
+
+_RELEVANCE_RULES = frozenset(("flat", "w_square", "z_box"))
 
 
 def _rule_for(rec, owner, kind_type, first_ok=True):
@@ -363,7 +368,12 @@ def _layer(rec, func, args, kwargs, x, W, make_spec, kind_type):
     m = rec.meta(x)
     node = LayerNode(rec, rule, make_spec(), x.detach(), value, owner[0] if owner else None,
                      owner[1] if owner else None, bool(m is not None and m.nonneg))
-    out = apply(node, [x], value)
+    inputs = [x]
+    key = rec.inputs.get(id(x))
+    if key is not None and rule.name in _RELEVANCE_RULES:
+        node.aux = True
+        inputs.append(rec.direct_input(key, x))
+    out = apply(node, inputs, value)
     node.z = out.detach()
     rec.mark(out, Meta())
     rec.layer_out[id(out)] = (weakref.ref(out), node)
@@ -533,7 +543,8 @@ class BatchNormNode:
         return L is not None and self.canonize and L.uses == 1 and L.rule.name != "gradient"
 
     def backward(self, g):
-        shape = (1, -1) + (1,) * (g.dim() - 2) if g.dim() >= 2 else (-1,)
+        nd = g.dim() - len(lead())
+        shape = (1, -1) + (1,) * (nd - 2) if nd >= 2 else (-1,)
         if self.merges():
             self.layer.bn = self
             return (g,)
@@ -669,10 +680,10 @@ class ProductNode:
         a, b = self.a, self.b
         self.a = self.b = None
         if self.divide:
-            ga = (g / b).sum_to_size(self.shapes[0]) if self.wa else None
+            ga = sum_to(g / b, self.shapes[0]) if self.wa else None
             return (ga, None)
-        ga = (g * b * self.wa).sum_to_size(self.shapes[0]) if self.wa else None
-        gb = (g * a * self.wb).sum_to_size(b.shape) if self.wb else None
+        ga = sum_to(g * b * self.wa, self.shapes[0]) if self.wa else None
+        gb = sum_to(g * a * self.wb, b.shape) if self.wb else None
         return ga, gb
 
 
@@ -807,8 +818,8 @@ class NormNode:
     def backward(self, g):
         gw = g if self.w is None else g * self.w
         if self.groups is not None:
-            N, C = gw.shape[:2]
-            gg = gw.reshape(N, self.groups, -1)
+            k = len(lead())
+            gg = gw.reshape(gw.shape[:k + 1] + (self.groups, -1))
             if self.center:
                 gg = gg - gg.mean(-1, keepdim=True)
             out = (gg * self.inv).reshape(gw.shape)
@@ -839,7 +850,7 @@ def _trailing_norm(center):
         if rec.meta(x) is None or len(deps) != 1:
             return NotImplemented
         nd = len(tuple(p["normalized_shape"]))
-        dims = tuple(range(x.dim() - nd, x.dim()))
+        dims = tuple(range(-nd, 0))  # trailing: also with the leading dims of several targets
         eps = p["eps"] if p["eps"] is not None else torch.finfo(x.dtype).eps
         with torch.no_grad():
             ms = x.var(dims, unbiased=False, keepdim=True) if center else \
@@ -934,7 +945,7 @@ class SumNode:
     def backward(self, g):
         y, self.y = self.y, None
         gs = proportional(g, y, self.e)
-        return tuple(gs.sum_to_size(sh) for sh in self.shapes)
+        return tuple(sum_to(gs, sh) for sh in self.shapes)
 
 
 @register("add", "add_", "__add__", "__radd__", "__iadd__")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 
+import torch
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["Meta", "Recorder", "RecordMode", "current"]
@@ -50,6 +51,18 @@ class Recorder:
         self.module_stack = []   # names of the modules being run (for messages)
         self.uncovered = []      # (description) of ops that took the plain gradient
         self.first_done = False
+        self.inputs = {}         # id(model input as the model sees it) -> its key
+        self.direct = {}         # key -> tensor whose gradient is the input's direct relevance
+
+    def direct_input(self, key, x):
+        """A zero tensor of ``x``'s shape that a rule whose relevance is not a multiple of the
+        input (flat, w², z^B) connects to: its gradient is that relevance at model input
+        ``key`` (so no ``R / x`` is formed, which would lose it where ``x == 0``)."""
+        t = self.direct.get(key)
+        if t is None:
+            base = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+            t = self.direct[key] = base.expand(x.shape)
+        return t
 
     # -- metadata ------------------------------------------------------------------------
     def meta(self, t):
