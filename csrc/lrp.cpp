@@ -35,6 +35,9 @@ TORCH_LIBRARY(lrp_ext, m) {
   // whose output channels are scaled by `scale` (O,) (a merged BatchNorm; None: 1), in one pass:
   // both: [W⁺; W⁻] stacked per group, (2O, C/g, *k) laid out (g, 2, O/g, C/g, *k); else W⁺.
   m.def("signed_weights(Tensor W, Tensor? scale, int groups, bool both) -> Tensor");
+  // y / x with 0 where x == 0 (the identity rule's ratio of an elementwise activation), one
+  // pass; y and x of one shape, float32 or float64.
+  m.def("safe_ratio(Tensor y, Tensor x) -> Tensor");
 }
 
 #include <cmath>
@@ -191,6 +194,16 @@ std::vector<int64_t> coefficients_shape(const at::Tensor& z, const at::Tensor& g
   std::vector<int64_t> shape = {g.size(0), groups, 2, z.size(1) / groups};
   for (int64_t d = 2; d < z.dim(); ++d) shape.push_back(z.size(d));
   return shape;
+}
+
+void check_safe_ratio(const at::Tensor& y, const at::Tensor& x) {
+  TORCH_CHECK(y.sizes() == x.sizes(), "safe_ratio: y and x must have one shape, got ",
+              shape_str(y), " and ", shape_str(x));
+  TORCH_CHECK(x.scalar_type() == y.scalar_type() && x.device() == y.device(),
+              "safe_ratio: y and x must have one dtype and device, got ", y.scalar_type(), " on ",
+              y.device(), " and ", x.scalar_type(), " on ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "safe_ratio: float32 or float64 only, got ", x.scalar_type());
 }
 
 void check_signed_weights(const at::Tensor& W, const c10::optional<at::Tensor>& scale,

@@ -39,6 +39,8 @@ void check_coefficients(const at::Tensor& z, const at::Tensor& g, const c10::opt
 // two-coefficient rules (N = g.size(0)).
 std::vector<int64_t> coefficients_shape(const at::Tensor& z, const at::Tensor& g, int64_t kind,
                                         int64_t groups);
+// safe_ratio: y, x of one shape, dtype (float32/float64) and device.
+void check_safe_ratio(const at::Tensor& y, const at::Tensor& x);
 // signed_weights: W (O, ...) float32/float64, groups dividing O, scale (O,) of W's dtype/device.
 void check_signed_weights(const at::Tensor& W, const c10::optional<at::Tensor>& scale,
                           int64_t groups);

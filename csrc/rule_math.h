@@ -38,6 +38,9 @@ template <class T> LRP_HD T neg(T x) { return x > T(0) ? T(0) : x; }
 // z + e sgn(z) with sgn(-0.0) = +1; NaN stays NaN
 template <class T> LRP_HD T stab(T z, T e) { return z + (z >= T(0) ? e : -e); }
 
+// y / x, 0 where x == 0 (also -0.0); NaN stays NaN.
+template <class T> LRP_HD T safe_ratio(T y, T x) { return x == T(0) ? T(0) : y / x; }
+
 // Forward term of one (i, o) pair for the signed rules: p⁺ into P, p⁻ into M. Taken from the
 // product, not as a⁺W⁺ + a⁻W⁻: with a = ±inf the latter forms inf·0 = NaN where the
 // reference's z = aWᵀ (and gamma's z + γP) has ±inf.

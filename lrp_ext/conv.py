@@ -465,6 +465,8 @@ class _SignedWeights:
 def _pm(a, spec, sw, nonneg, output, need_m=True):
     """P = Σ(aW)⁺ + b⁺ and M = Σ(aW)⁻ + b⁻ (as (N, g, O/g, *sp) views); M may be None."""
     b = spec.bias
+    if _blocks(spec, nonneg) and not (nonneg and (output is not None or not need_m)):
+        return _pm_blocks(a, spec, sw, nonneg, output, need_m)
     if nonneg and (output is not None or not need_m):
         P = spec.fwd(a, sw.wp(), None if b is None else b.clamp(min=0))
         M = None
@@ -488,15 +490,65 @@ def _pm(a, spec, sw, nonneg, output, need_m=True):
     return y[:, :, 0], y[:, :, 1]
 
 
+def _blocks(spec, nonneg):
+    """One convolution per weight block instead of one over stacked blocks, for grouped
+    convolutions: stacking doubles each group's channels and takes depthwise convolutions off
+    their own kernels.  (For groups = 1 with mixed-sign inputs both ways measured alike.)"""
+    return spec.groups > 1
+
+
+def _pm_blocks(a, spec, sw, nonneg, output, need_m):
+    """:func:`_pm` for grouped convolutions with one convolution per weight block: stacking
+    blocks would double each group's channels and take depthwise convolutions off their own
+    kernels."""
+    b = spec.bias
+    bp = None if b is None else b.clamp(min=0)
+    bn = None if b is None else b.clamp(max=0)
+    Wp, Wn = sw.wp(), sw.wn()
+    if nonneg:
+        P, M = spec.fwd(a, Wp, bp), (spec.fwd(a, Wn, bn) if need_m else None)
+    else:
+        ap, an = a.clamp(min=0), a.clamp(max=0)
+        P = spec.fwd(ap, Wp, bp).add_(spec.fwd(an, Wn))
+        M = None
+        if need_m and output is None:
+            M = spec.fwd(ap, Wn, bn).add_(spec.fwd(an, Wp))
+    if need_m and M is None:
+        M = output - P
+    return spec.grouped(P), None if M is None else spec.grouped(M)
+
+
+def _backward_blocks(cp, cn, a, spec, sw, nonneg, coef, N):
+    """:func:`_backward_pm` for grouped convolutions, one transposed convolution per block."""
+    a_shape = (N,) + tuple(a.shape[1:])
+    Wp = sw.wp()
+
+    def T(c, w):
+        return spec.bwd(c.reshape((N, -1) + tuple(c.shape[3:])), a_shape, w)
+    if isinstance(cn, str):  # [c⁺; c⁻] stacked: t1 = c⁺W⁺ + c⁻W⁻, t2 = c⁻W⁺ + c⁺W⁻
+        Wn = sw.wn()
+        c_p, c_n = cp[:, :, 0], cp[:, :, 1]
+        t1 = T(c_p, Wp).add_(T(c_n, Wn))
+        t2 = None if nonneg else T(c_n, Wp).add_(T(c_p, Wn))
+    else:
+        t1 = T(cp, Wp)
+        t2 = None if nonneg else T(cp, sw.wn())
+    if coef:
+        return t1, t2
+    return a * t1 if nonneg else a.clamp(min=0) * t1 + a.clamp(max=0) * t2
+
+
 def _backward_pm(cp, cn, a, spec, sw, nonneg, coef=False):
     """``a⁺ ⊙ T(c⁺ on W⁺ + c⁻ on W⁻) + a⁻ ⊙ T(c⁻ on W⁺ + c⁺ on W⁻)``; ``cn`` may be None.
 
     ``cp`` is (N, g, O/g, *sp), or the stacked ``[c⁺; c⁻]`` buffer (N, g, 2, O/g, *sp) when
     ``cn`` is ``"stacked"``.  ``coef=True`` returns the input coefficients instead,
-    ``(T(...) for a⁺, T(...) for a⁻)`` (the second None when ``a ≥ 0``): the relevance is
-    ``a⁺ ⊙ first + a⁻ ⊙ second``.
+    ``(T(...) for a⁺, T(...) for a⁻)`` (the second None when ``a ≥ 0``; both may be grouped
+    views (N, g, C/g, *sp)): the relevance is ``a⁺ ⊙ first + a⁻ ⊙ second``.
     """
     N = cp.shape[0]  # K·N when the coefficients hold K gradients of one forward (coef only)
+    if _blocks(spec, nonneg):
+        return _backward_blocks(cp, cn, a, spec, sw, nonneg, coef, N)
     a_shape = (N,) + tuple(a.shape[1:])
     if isinstance(cn, str):
         G, kO = cp.reshape(N, -1, *cp.shape[4:]), 2
@@ -515,8 +567,8 @@ def _backward_pm(cp, cn, a, spec, sw, nonneg, coef=False):
         Wp, Wn = sw.wp(), sw.wn()
         x_shape = (N, 2 * a.shape[1]) + tuple(a.shape[2:])
         y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[Wp, Wn], [Wn, Wp]])), 2)
-    if coef:
-        return y[:, :, 0].reshape(a_shape), y[:, :, 1].reshape(a_shape)
+    if coef:  # views (N, g, C/g, *sp): the caller combines them with a's signs
+        return y[:, :, 0], y[:, :, 1]
     ag = spec.grouped(a)
     return (ag.clamp(min=0) * y[:, :, 0] + ag.clamp(max=0) * y[:, :, 1]).reshape(a.shape)
 

@@ -14,7 +14,7 @@ import torch
 from . import _table
 
 OP_NAMES = tuple(_table.OP_TENSORS)
-ALL_OPS = OP_NAMES + ("coefficients", "signed_weights")  # and the model-level stages
+ALL_OPS = OP_NAMES + ("coefficients", "signed_weights", "safe_ratio")  # and model-level stages
 
 _load_error: str | None = None
 try:  # importing the extension registers the ops with the dispatcher
@@ -144,6 +144,13 @@ def has_model_ops(t):
     return t.dtype in COEF_DTYPES and _device_has_kernels(t.device.type)
 
 
+def _safe_ratio_fake(y, x):
+    if x.dtype not in COEF_DTYPES or y.dtype != x.dtype or y.device != x.device:
+        raise RuntimeError("safe_ratio: y and x must have one dtype (float32/float64) and device")
+    torch._check(y.shape == x.shape, lambda: "safe_ratio: y and x must have one shape")
+    return x.new_empty(x.shape)
+
+
 def _signed_weights_fake(W, scale, groups, both):
     if W.dtype not in COEF_DTYPES:
         raise RuntimeError(f"signed_weights: W must be float32 or float64, got {W.dtype}")
@@ -169,3 +176,4 @@ if _loaded():
         torch.library.register_fake(f"lrp_ext::{_name}")(_make_fake(_name))
     torch.library.register_fake("lrp_ext::coefficients")(_coefficients_fake)
     torch.library.register_fake("lrp_ext::signed_weights")(_signed_weights_fake)
+    torch.library.register_fake("lrp_ext::safe_ratio")(_safe_ratio_fake)

@@ -194,3 +194,38 @@ def test_opcheck_model_ops(device):
     torch.library.opcheck(torch.ops.lrp_ext.signed_weights, (W, torch.rand(6, device=device), 2,
                                                              True))
     torch.library.opcheck(torch.ops.lrp_ext.signed_weights, (W, None, 1, False))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_safe_ratio(isa, dtype):
+    """y / x with 0 where x == 0 (also -0.0), NaN kept; as the engine's eager safe_div."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 7, 5, generator=gen, dtype=dtype)
+    y = torch.randn(3, 7, 5, generator=gen, dtype=dtype)
+    x.view(-1)[::6] = 0.0
+    x.view(-1)[1] = -0.0
+    x.view(-1)[2] = float("nan")
+    y.view(-1)[3] = float("inf")
+    y.view(-1)[6] = float("nan")  # over x == 0: 0
+    x, y = x.to(isa.device), y.to(isa.device)
+    got = torch.ops.lrp_ext.safe_ratio(y, x)
+    zero = x == 0
+    want = (y / torch.where(zero, torch.ones_like(x), x)).masked_fill(zero, 0)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert got[zero].eq(0).all()
+    yt, xt = y.transpose(0, 2), x.transpose(0, 2)
+    torch.testing.assert_close(torch.ops.lrp_ext.safe_ratio(yt, xt), want.transpose(0, 2),
+                               equal_nan=True)
+    fin = torch.isfinite(x) & torch.isfinite(y)  # opcheck compares without equal_nan
+    torch.library.opcheck(torch.ops.lrp_ext.safe_ratio, (y.where(fin, 1.0), x.where(fin, 2.0)))
+
+
+def test_safe_ratio_errors(device):
+    _compiled(device)
+    x = torch.randn(4, device=device)
+    with pytest.raises(RuntimeError, match="one shape"):
+        torch.ops.lrp_ext.safe_ratio(x, x[:3])
+    with pytest.raises(RuntimeError, match="one dtype"):
+        torch.ops.lrp_ext.safe_ratio(x, x.double())
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.lrp_ext.safe_ratio(x.half(), x.half())

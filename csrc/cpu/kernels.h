@@ -417,7 +417,21 @@ void coef_type(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
   return j.M ? coef_kind<T, false, true>(j, row, k0, k1) : coef_kind<T, false, false>(j, row, k0, k1);
 }
 
+template <class T>
+void ratio_loop(const T* __restrict__ y, const T* __restrict__ x, T* __restrict__ out,
+                int64_t k0, int64_t k1) {
+  for (int64_t k = k0; k < k1; ++k) out[k] = rule::safe_ratio(y[k], x[k]);
+}
+
 }  // namespace
+
+void ratio_range(const void* y, const void* x, void* out, bool f64, int64_t k0, int64_t k1) {
+  if (f64)
+    return ratio_loop(static_cast<const double*>(y), static_cast<const double*>(x),
+                      static_cast<double*>(out), k0, k1);
+  ratio_loop(static_cast<const float*>(y), static_cast<const float*>(x), static_cast<float*>(out),
+             k0, k1);
+}
 
 void coef_range(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
   return j.f64 ? coef_type<double>(j, row, k0, k1) : coef_type<float>(j, row, k0, k1);

@@ -41,6 +41,9 @@ struct CoefJob {
   namespace ns {                                                                       \
   /* values [k0, k1) of row `row` */                                                   \
   void coef_range(const CoefJob& job, int64_t row, int64_t k0, int64_t k1);            \
+  /* out[k] = y[k] / x[k], 0 where x[k] == 0, for k in [k0, k1) */                       \
+  void ratio_range(const void* y, const void* x, void* out, bool f64, int64_t k0,       \
+                   int64_t k1);                                                         \
   void forward_range(const Job& job, int64_t o0, int64_t o1);                          \
   /* buf: (KO, N, I), must be zeroed by the caller; rows [o0, o1) are added into it */ \
   void backward_range(const Job& job, int64_t o0, int64_t o1, void* buf);              \

@@ -3,6 +3,7 @@
 //   math is csrc/rule_math.h (rule::single, rule::pair_pmz), shared with the dense epilogues and
 //   the CUDA kernel; the loops are in kernels.h, compiled once per ISA.
 // - signed_weights: [W⁺; W⁻] of a BatchNorm-merged weight in one pass over W (rule::pos/neg).
+// - safe_ratio: y / x, 0 where x == 0 (rule::safe_ratio), the identity rule's ratio.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -100,11 +101,29 @@ Tensor signed_weights_cpu(const Tensor& W_, const c10::optional<Tensor>& scale_,
   return out;
 }
 
+Tensor safe_ratio_cpu(const Tensor& y_, const Tensor& x_) {
+  check_safe_ratio(y_, x_);
+  TORCH_CHECK(x_.device().is_cpu(), "safe_ratio: the CPU kernel got a tensor on ", x_.device());
+  const Tensor y = y_.contiguous(), x = x_.contiguous();
+  Tensor out = at::empty(x.sizes(), x.options());
+  const bool f64 = x.scalar_type() == at::kDouble;
+  const Isa isa = pick_isa();
+  at::parallel_for(0, x.numel(), kGrain, [&](int64_t k0, int64_t k1) {
+    switch (isa) {
+      case Isa::AVX512: return avx512::ratio_range(y.data_ptr(), x.data_ptr(), out.data_ptr(), f64, k0, k1);
+      case Isa::AVX2: return avx2::ratio_range(y.data_ptr(), x.data_ptr(), out.data_ptr(), f64, k0, k1);
+      case Isa::BASE: return base::ratio_range(y.data_ptr(), x.data_ptr(), out.data_ptr(), f64, k0, k1);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace lrp_ext
 
 TORCH_LIBRARY_IMPL(lrp_ext, CPU, m) {
+  m.impl("safe_ratio", &lrp_ext::cpu::safe_ratio_cpu);
   m.impl("coefficients", &lrp_ext::cpu::coefficients_cpu);
   m.impl("signed_weights", &lrp_ext::cpu::signed_weights_cpu);
 }

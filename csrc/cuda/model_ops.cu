@@ -1,7 +1,7 @@
 // CUDA kernels of the model-level stages of a layer rule (schemas in csrc/lrp.cpp; CPU kernels
 // csrc/cpu/model_ops.cpp), each one grid-stride pass; the per-value math is csrc/rule_math.h,
 // the very functions the CPU suite tests.
-// coefficients: over z, g, P and M.
+// coefficients: over z, g, P and M; signed_weights: over W; safe_ratio: over y and x.
 // Rows of `inner` contiguous values (row = sample × group); out: (rows, 2, inner) for gamma /
 // alpha_beta, (rows, inner) for epsilon / z⁺. float32 and float64 (callers compute 2-byte
 // types in float32). The rule is a run-time argument: one instantiation per dtype.
@@ -23,6 +23,12 @@ namespace lrp_ext {
 namespace {
 
 constexpr int kThreads = 256;
+
+// grid-stride launches: enough blocks to fill the device, no more than the work needs
+int64_t grid_for(int64_t total) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, sms * 16));
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -69,9 +75,7 @@ at::Tensor coefficients_cuda(const at::Tensor& z_, const at::Tensor& g_,
   const int64_t total = g.numel();
   if (total == 0) return out;
   const int64_t inner = total / (g.size(0) * groups);
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min<int64_t>((total + kThreads - 1) / kThreads, sms * 16));
+  const int64_t blocks = grid_for(total);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "lrp_ext_coefficients", [&] {
     const rule::Params<scalar_t> prm{static_cast<scalar_t>(e), static_cast<scalar_t>(gamma),
                                      static_cast<scalar_t>(alpha), static_cast<scalar_t>(beta)};
@@ -119,9 +123,7 @@ at::Tensor signed_weights_cuda(const at::Tensor& W_, const c10::optional<at::Ten
   if (both) shape[0] *= 2;
   at::Tensor out = at::empty(shape, W.options());
   if (total == 0) return out;
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min<int64_t>((total + kThreads - 1) / kThreads, sms * 16));
+  const int64_t blocks = grid_for(total);
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "lrp_ext_signed_weights", [&] {
     signed_weights_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0,
                                       at::cuda::getCurrentCUDAStream()>>>(
@@ -132,10 +134,39 @@ at::Tensor signed_weights_cuda(const at::Tensor& W_, const c10::optional<at::Ten
   return out;
 }
 
+// safe_ratio: thread per value.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+safe_ratio_kernel(const T* __restrict__ y, const T* __restrict__ x, T* __restrict__ out,
+                  int64_t total) {
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[idx] = rule::safe_ratio(y[idx], x[idx]);
+}
+
+at::Tensor safe_ratio_cuda(const at::Tensor& y_, const at::Tensor& x_) {
+  check_safe_ratio(y_, x_);
+  TORCH_CHECK(x_.is_cuda(), "safe_ratio: the CUDA kernel got a tensor on ", x_.device());
+  c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor y = y_.contiguous(), x = x_.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  const int64_t total = x.numel();
+  if (total == 0) return out;
+  const int64_t blocks = grid_for(total);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrp_ext_safe_ratio", [&] {
+    safe_ratio_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0,
+                                  at::cuda::getCurrentCUDAStream()>>>(
+        y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace lrp_ext
 
 TORCH_LIBRARY_IMPL(lrp_ext, CUDA, m) {
+  m.impl("safe_ratio", &lrp_ext::safe_ratio_cuda);
   m.impl("coefficients", &lrp_ext::coefficients_cuda);
   m.impl("signed_weights", &lrp_ext::signed_weights_cuda);
 }

@@ -324,8 +324,13 @@ class LayerNode:
             if self.aux:  # a model input: its relevance directly, not through R / a
                 return (None, Rin)
             return (safe_div(Rin, a),)
-        cp, cn = (None if t is None else t.reshape(L + tuple(a2.shape)) for t in res)
-        gin = cp if cn is None else torch.where(a2 < 0, cn, cp)
+        cp, cn = res
+        if cn is None:
+            gin = cp
+        else:  # a's sign picks the coefficient: (K, N, ...) against a (N, ...), or grouped views
+            sh = tuple(cp.shape[1:]) if cp.dim() == a2.dim() + 1 else tuple(a2.shape[1:])
+            cp, cn = cp.reshape(L + (-1,) + sh), cn.reshape(L + (-1,) + sh)
+            gin = torch.where(a2.reshape((-1,) + sh) < 0, cn, cp)
         return (gin.reshape(L + shape),) + ((None,) if self.aux else ())
 
 
