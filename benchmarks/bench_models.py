@@ -328,10 +328,11 @@ def _methods(name, model, x, target, device, with_zennit, with_captum):
         from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
         from zennit.torchvision import ResNetCanonizer
         can = ResNetCanonizer if name.startswith("resnet") else SequentialMergeBatchNorm
+        zmodel = copy.deepcopy(model)  # a failing canonizer may leave itself applied
 
         def zen(cls, kw):
             composite = cls(canonizers=[can()], **kw)
-            with Gradient(model, composite) as attributor:
+            with Gradient(zmodel, composite) as attributor:
                 y = torch.zeros(x.shape[0], 1000, device=device)
                 y[:, target] = 1.0
                 _, rel = attributor(x.detach().requires_grad_(True),
@@ -358,6 +359,31 @@ def _methods(name, model, x, target, device, with_zennit, with_captum):
             return run
         out["captum:gamma/epsilon"] = cap(lambda: GammaRule(0.25))
         out["captum:z_plus/epsilon"] = cap(Alpha1_Beta0_Rule)
+    return out
+
+
+def _zennit_child(args, name, bs):
+    """Rows for the zennit in ``args.zennit_path``, timed in a child process against its own
+    gradient×input (ratios comparable with this run's)."""
+    import subprocess
+    cmd = [sys.executable, os.path.abspath(__file__), "--models", name, "--batch", str(bs),
+           "--size", str(args.size), "--threads", str(args.threads), "--repeats",
+           str(args.repeats), "--no-captum", "--zennit-only", "--csv", os.devnull]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [args.zennit_path] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=7200)
+    ver = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; "
+                          "print(m.version('zennit'))"], capture_output=True, text=True,
+                         env=env).stdout.strip() or "?"
+    out = []
+    for ln in r.stdout.splitlines():
+        f = ln.split()
+        if len(f) >= 9 and f[2].startswith("zennit:") and f[3] != "n/a":
+            out.append(dict(model=name, batch=bs, size=args.size, device="cpu",
+                            method=f"zennit{ver}:{f[2].split(':', 1)[1]}",
+                            median_s=float(f[3]), ratio_time=float(f[4]), min_s=float(f[5]),
+                            ratio_min=float(f[6]), peak_mb=float(f[7]), ratio_mem=float(f[8]),
+                            error="", tokens=None))
     return out
 
 
@@ -389,6 +415,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="vgg11/resnet18 at 64x64, batch 1, 2 repeats")
     p.add_argument("--no-zennit", action="store_true")
+    p.add_argument("--zennit-path", default=None, metavar="DIR",
+                   help="also time the zennit found in DIR (e.g. 1.0.0, installed with pip "
+                        "--target DIR), in a child process against its own gradient×input")
+    p.add_argument("--zennit-only", action="store_true", help=argparse.SUPPRESS)  # that child
     p.add_argument("--no-captum", action="store_true")
     p.add_argument("--csv", default="bench_models.csv")
     p.add_argument("--peak-of", default=None, help=argparse.SUPPRESS)  # child: one method's peak
@@ -439,6 +469,9 @@ def main(argv=None):
                 x = torch.randn(bs, 3, args.size, args.size, generator=gen).to(device)
                 methods = _methods(name, model, x, 7, device, not args.no_zennit,
                                    not args.no_captum)
+                if args.zennit_only:
+                    methods = {k: v for k, v in methods.items()
+                               if k == "grad_x_input" or k.startswith("zennit:")}
             base_t = base_m = base_min = None
             # warm-up and peak memory (untimed), then timed rounds over all methods in turn,
             # so that a changing machine load affects every method alike
@@ -508,6 +541,12 @@ def main(argv=None):
                     print(f"{label:10s} {bs:5d} {'floor:' + comp:28s} {'':9s} {fl:7.2f}   "
                           f"(layers alone {fl_layers:.2f}; lrp_ext / floor = "
                           f"{mrow['ratio_time'] / fl:.2f})", flush=True)
+            if args.zennit_path and name != "gpt2" and not name.startswith(("vit_", "swin_")):
+                for zrow in _zennit_child(args, name, bs):
+                    rows.append(zrow)
+                    print(f"{label:10s} {bs:5d} {zrow['method']:28s} {zrow['median_s']:9.3f} "
+                          f"{zrow['ratio_time']:7.2f} {zrow['min_s']:8.3f} "
+                          f"{zrow['ratio_min']:7.2f}   (own process)", flush=True)
             if lxt is not None:
                 pl, lt, plmin, ltmin = lxt
                 print(f"{label:10s} {bs:5d} {'lxt:attnlrp (own process)':28s} {lt:9.3f} "
