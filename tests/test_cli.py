@@ -208,6 +208,25 @@ def _ds(files, out, model=None, **env):
                  "--data", files / "folder", "--out", out] + DS_ARGS, **env)
 
 
+def test_explain_dataset_top_k_cli(files, tmp_path):
+    out = tmp_path / "topk"
+    r = _run(["explain-dataset", "--model", files / "model.pt", "--data", files / "folder",
+              "--out", out, "--composite", "epsilon_plus_flat", "--batch-size", "4",
+              "--shard-size", "8", "--no-progress", "--top-k", "2"])
+    assert r.returncode == 0, r.stderr
+    from lrp_ext.cli.dataset import load_relevance
+    rel = load_relevance(out)
+    assert rel.shape == (40, 2, 3, 6, 6) and np.isfinite(rel).all()
+    meta = json.load(open(out / "shards" / "meta-00000.json"))
+    assert len(meta["targets"][0]) == 2 and meta["targets"][0][0] != meta["targets"][0][1]
+    r = _run(["explain-dataset", "--model", files / "model.pt", "--data", files / "folder",
+              "--out", tmp_path / "x", "--top-k", "2", "--target", "1", "--no-progress"])
+    assert r.returncode != 0 and "exclude each other" in r.stderr
+    r = _run(["explain-dataset", "--model", files / "model.pt", "--data", files / "folder",
+              "--out", tmp_path / "y", "--top-k", "4", "--no-progress"])
+    assert r.returncode != 0 and "exceeds" in r.stderr
+
+
 def _tree(d):
     res = {}
     for root, _, fs in os.walk(d):

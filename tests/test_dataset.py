@@ -160,3 +160,37 @@ def test_run_config_mismatch_refused(tmp_path):
     with pytest.raises(InputError, match="other settings \\(method\\)"):
         ds.check_run_config(str(tmp_path / "o"), {"method": "epsilon_gamma_box", "n": 3})
     assert not ds.check_run_config(str(tmp_path / "new"), {"method": "x"})
+
+
+@pytest.mark.parametrize("method", ["epsilon_plus_flat", "gradient_x_input", "random"])
+def test_explain_dataset_top_k(tmp_path, method):
+    """--top-k: each sample's K highest-scoring classes from one call; relevance (N, K, ...),
+    targets and scores per class; equal to explaining each of those classes on its own."""
+    model = _tiny_model()
+    x = torch.randn(10, 3, 2, 2)
+    torch.save({"x": x, "y": torch.arange(10) % 3}, tmp_path / "d.pt")
+    data = ds.open_dataset(str(tmp_path / "d.pt"), ds.Preprocess())
+    out = str(tmp_path / "out")
+    config = {"sample_shape": [3, 2, 2], "top_k": 2}
+    kw = dict(method=method, config=config, batch_size=2, shard_size=4, progress=False, top_k=2)
+    assert ds.explain_dataset(model, data, out, **kw) == 3
+    ds.write_index(out, len(data), 4, config)
+    rel = ds.load_relevance(out)
+    assert rel.shape == (10, 2, 3, 2, 2)
+    with torch.no_grad():
+        y = model(x)
+    top = y.topk(2, dim=1).indices
+    meta = json.load(open(os.path.join(out, "shards", "meta-00000.json")))
+    assert meta["targets"] == top[:4].tolist()
+    np.testing.assert_allclose(meta["scores"], y.gather(1, top)[:4].numpy(), rtol=1e-6)
+    assert np.asarray(meta["relevance_sums"]).shape == (4, 2)
+    if method == "random":
+        return
+    for k in range(2):
+        want, _, _ = attribute(model, x, method, target=top[:, k])
+        np.testing.assert_allclose(rel[:, k], want.numpy(), rtol=1e-5, atol=1e-6)
+    # a shard of the wrong shape (a run without --top-k) is found damaged
+    assert ds.check_shard(out, 0, 10, 4, [3, 2, 2]) is not None
+    assert ds.check_shard(out, 0, 10, 4, ds.relevance_shape(config)) is None
+    with pytest.raises(InputError, match="exceeds"):
+        attribute(model, x, method, top_k=4)

@@ -277,6 +277,9 @@ def cmd_explain_dataset(args):
         if err is not None:
             raise err
         method = _check_methods([args.composite])[0]
+        if args.top_k is not None and args.target is not None:
+            raise InputError("--top-k and --target exclude each other (--top-k explains each "
+                             "sample's highest-scoring classes)")
         if args.shard_size % args.batch_size:
             raise InputError(f"--shard-size ({args.shard_size}) must be a multiple of "
                              f"--batch-size ({args.batch_size})")
@@ -289,7 +292,10 @@ def cmd_explain_dataset(args):
         check_methods_for_model(model, [method])
         x0, _ = data.batch(0, 1)
         # shape and target checks before anything is written
-        resolve_target(forward(model, x0.to(device)), args.target)
+        out0 = forward(model, x0.to(device))
+        resolve_target(out0, args.target)
+        if args.top_k is not None and args.top_k > out0.shape[1]:
+            raise InputError(f"--top-k {args.top_k} exceeds the model's {out0.shape[1]} outputs")
         low, high = _bounds(args, data.bounds())
         config = {"format": FORMAT, "model": args.model, "data": os.path.abspath(args.data),
                   "num_samples": len(data), "sample_shape": list(x0.shape[1:]),
@@ -299,6 +305,8 @@ def cmd_explain_dataset(args):
                   "classes": data.classes,
                   # torch's CPU kernels sum in an order that depends on the thread count
                   "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None}
+        if args.top_k is not None:  # (absent otherwise: runs from before --top-k resume)
+            config["top_k"] = args.top_k
         check_run_config(args.out, config)
     except InputError as exc:
         err = exc
@@ -338,7 +346,8 @@ def _explain_dataset(args, model, data, config, method, device, rank, world, low
         written = explain_dataset(model, data, args.out, method=method, config=config,
                                   batch_size=args.batch_size, shard_size=args.shard_size,
                                   device=device, rank=rank, world_size=world, low=low, high=high,
-                                  target=args.target, progress=not args.no_progress, log=warn)
+                                  target=args.target, progress=not args.no_progress, log=warn,
+                                  top_k=args.top_k)
     except InputError as exc:
         err = exc
     errors = _errors(err, world)
@@ -599,6 +608,10 @@ def build_parser():
     s.add_argument("--shard-size", type=POSITIVE_INT, default=256,
                    help="samples per shard, a multiple of --batch-size (default: 256)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--top-k", type=POSITIVE_INT, default=None, metavar="K",
+                   help="explain each sample's K highest-scoring classes, from one forward and "
+                        "one batched backward: relevance (N, K, ...), targets and scores per "
+                        "class in the meta files (excludes --target)")
     _add_prep_opts(s)
     s.set_defaults(func=cmd_explain_dataset, parser=s)
 

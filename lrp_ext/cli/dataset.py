@@ -439,22 +439,34 @@ def _exit_hook():
     return int(v) if v else None
 
 
-def compute_shard(model, data, s, n, shard_size, batch_size, method, device, low, high, target):
+def compute_shard(model, data, s, n, shard_size, batch_size, method, device, low, high, target,
+                  top_k=None):
     start, stop = shard_range(s, n, shard_size)
     rels, targets, scores, labels = [], [], [], []
     for b in range(start, stop, batch_size):
         x, y = data.batch(b, min(b + batch_size, stop))
         x = x.to(device)
-        rel, out, t = attribute(model, x, method, target=target, low=low, high=high, seed=b)
+        rel, out, t = attribute(model, x, method, target=target, low=low, high=high, seed=b,
+                                top_k=top_k)
         rels.append(rel.float().cpu().numpy())
         targets += t.cpu().tolist()
-        scores += out.gather(1, t[:, None])[:, 0].float().cpu().tolist()
+        sc = out.gather(1, t if top_k else t[:, None])
+        scores += (sc if top_k else sc[:, 0]).float().cpu().tolist()
         labels += y.tolist()
     rel = np.ascontiguousarray(np.concatenate(rels).astype(np.float32, copy=False))
+    sums = rel.reshape(rel.shape[:2 if top_k else 1] + (-1,)).sum(-1, dtype=np.float64)
     meta = {"shard": s, "start": start, "stop": stop, "sources": data.sources(start, stop),
             "labels": labels, "targets": targets, "scores": scores,
-            "relevance_sums": rel.reshape(len(rel), -1).sum(1, dtype=np.float64).tolist()}
+            "relevance_sums": sums.tolist()}
     return rel, meta
+
+
+def relevance_shape(config):
+    """The per-sample shape of a run's relevance: the sample's, after ``top_k`` with --top-k."""
+    shape = config.get("sample_shape")
+    if shape is None or not config.get("top_k"):
+        return shape
+    return [config["top_k"]] + list(shape)
 
 
 def write_shard(out_dir, s, rel, meta):
@@ -484,7 +496,7 @@ def remove_stale_temps(out_dir, shards):
 
 def explain_dataset(model, data, out_dir, *, method, config, batch_size=32, shard_size=256,
                     device="cpu", rank=0, world_size=1, low=None, high=None, target=None,
-                    progress=True, log=None):
+                    progress=True, log=None, top_k=None):
     """Compute and write the shards of this rank (``s % world_size == rank``) that are missing
     or damaged (``check_shard``; each damaged one is reported through ``log``, a callable
     taking a line). Returns the number of shards written by this call."""
@@ -493,7 +505,7 @@ def explain_dataset(model, data, out_dir, *, method, config, batch_size=32, shar
     mine = [s for s in range(total) if s % world_size == rank]
     todo = []
     for s in mine:
-        problem = check_shard(out_dir, s, n, shard_size, config.get("sample_shape"))
+        problem = check_shard(out_dir, s, n, shard_size, relevance_shape(config))
         if problem is not None:
             todo.append(s)
             if problem != MISSING and log is not None:
@@ -516,7 +528,7 @@ def explain_dataset(model, data, out_dir, *, method, config, batch_size=32, shar
     try:
         for s in todo:
             rel, meta = compute_shard(model, data, s, n, shard_size, batch_size, method, device,
-                                      low, high, target)
+                                      low, high, target, top_k)
             write_shard(out_dir, s, rel, meta)
             written += 1
             if bar is not None:
@@ -534,7 +546,7 @@ def write_index(out_dir, n, shard_size, config):
     shards = []
     for s in range(num_shards(n, shard_size)):
         rel, meta = shard_paths(out_dir, s)
-        problem = check_shard(out_dir, s, n, shard_size, config.get("sample_shape"))
+        problem = check_shard(out_dir, s, n, shard_size, relevance_shape(config))
         if problem is not None:
             what = "missing" if problem == MISSING else f"damaged ({problem})"
             raise InputError(f"shard {s} is {what} in {out_dir}: rerun to complete it")
@@ -579,7 +591,7 @@ def verify_run(out_dir):
     if sorted(listed) != list(range(total)):
         problems.append(f"index.json lists shards {sorted(listed)}, expected 0..{total - 1}")
     for s in range(total):
-        problem = check_shard(out_dir, s, n, shard_size, config.get("sample_shape"))
+        problem = check_shard(out_dir, s, n, shard_size, relevance_shape(config))
         if problem == MISSING:
             problem = f"{os.path.relpath(shard_paths(out_dir, s)[0], out_dir)} is missing"
         elif problem is None and s in listed and listed[s].get("sha256") != _sha256(

@@ -269,31 +269,44 @@ def resolve_target(out, target):
     return t
 
 
-def attribute(model, x, method, target=None, low=None, high=None, seed=0):
+def attribute(model, x, method, target=None, low=None, high=None, seed=0, top_k=None):
     """Attribution of ``model``'s output for ``target`` (default: predicted class) to ``x``.
 
     ``method``: an LRP composite name, ``gradient_x_input`` or ``random``. The relevance fed in at
     the output is the target logit (one-hot times output), so for conservative rules the input
-    relevance sums to about that logit. Returns ``(relevance, output, target)``.
+    relevance sums to about that logit. ``top_k``: the ``top_k`` highest-scoring classes of each
+    sample instead, from one forward (relevance (N, top_k, ...), targets (N, top_k)). Returns
+    ``(relevance, output, target)``.
     """
     out = forward(model, x)
-    t = resolve_target(out, target)
-    r_out = torch.zeros_like(out)
-    r_out.scatter_(1, t[:, None], out.gather(1, t[:, None]))
+    if top_k is not None:
+        if top_k > out.shape[1]:
+            raise InputError(f"--top-k {top_k} exceeds the model's {out.shape[1]} outputs")
+        t = out.topk(top_k, dim=1).indices
+    else:
+        t = resolve_target(out, target)
+    cols = t if t.dim() == 2 else t[:, None]
     if method == RANDOM:
         g = torch.Generator().manual_seed(seed)
-        rel = torch.rand(x.shape, generator=g, dtype=torch.float32).to(x.device, x.dtype)
+        shape = (x.shape[0], top_k) + tuple(x.shape[1:]) if top_k else x.shape
+        rel = torch.rand(shape, generator=g, dtype=torch.float32).to(x.device, x.dtype)
         return rel, out, t
     if method == GRADIENT_X_INPUT:
         xg = x.detach().clone().requires_grad_(True)
         try:
             with torch.enable_grad():
                 y = model(xg)
-                onehot = torch.zeros_like(y).scatter_(1, t[:, None], 1.0)
-                (grad,) = torch.autograd.grad(y, xg, grad_outputs=onehot)
+                grads = []
+                for k in range(cols.shape[1]):
+                    onehot = torch.zeros_like(y).scatter_(1, cols[:, k:k + 1], 1.0)
+                    grads.append(torch.autograd.grad(y, xg, grad_outputs=onehot,
+                                                     retain_graph=k + 1 < cols.shape[1])[0])
         except RuntimeError as exc:
             raise InputError(f"gradient of the model failed: {_one_line(exc)}") from None
-        return (xg.detach() * grad), out, t
+        rel = xg.detach()[:, None] * torch.stack(grads, 1)
+        return (rel if top_k else rel[:, 0]), out, t
+    r_out = torch.zeros_like(out)
+    r_out.scatter_(1, cols[:, :1], out.gather(1, cols[:, :1]))
     if method not in LRP_COMPOSITES:
         raise InputError(f"unknown composite {method!r}; choose from "
                          f"{', '.join(METHODS)}")
@@ -306,7 +319,10 @@ def attribute(model, x, method, target=None, low=None, high=None, seed=0):
                   .contiguous() for k, v in (("low", low), ("high", high))}
     fn = _explain_fn()
     try:
-        rel = fn(model, x, relevance=r_out, composite=method, **kwargs)
+        if top_k:  # one forward, the top_k targets in one batched backward
+            rel = fn(model, x, target=t, composite=method, **kwargs)
+        else:
+            rel = fn(model, x, relevance=r_out, composite=method, **kwargs)
     except (TypeError, ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
         raise InputError(f"LRP ({method}) failed on this model: {_one_line(exc)}") from None
     if isinstance(rel, tuple):
