@@ -191,7 +191,7 @@ fi
 PYTEST=("$PY" -m pytest -q -rfE --tb=line --maxfail=20 -p no:cacheprovider "${TIMEOUT_OPT[@]}")
 (( DRY )) && PYTEST+=(--collect-only)
 CORE=(tests/test_rules.py tests/test_properties.py tests/test_nonfinite.py tests/test_errors.py
-      tests/test_hand.py tests/test_conv.py)
+      tests/test_hand.py tests/test_conv.py tests/test_model_ops.py)
 
 # a dry run collects only: "no tests collected" (exit 5: tests/test_cuda.py skips itself
 # without a GPU) is expected there

@@ -491,10 +491,13 @@ def _pm(a, spec, sw, nonneg, output, need_m=True):
 
 
 def _blocks(spec, nonneg):
-    """One convolution per weight block instead of one over stacked blocks, for grouped
-    convolutions: stacking doubles each group's channels and takes depthwise convolutions off
-    their own kernels.  (For groups = 1 with mixed-sign inputs both ways measured alike.)"""
-    return spec.groups > 1
+    """One convolution (matmul) per weight block instead of one over stacked blocks: for
+    grouped convolutions (stacking doubles each group's channels and takes depthwise
+    convolutions off their own kernels) and for Linear layers with mixed-sign inputs (the
+    stacked block weights are copies of the weight: vit_b_16 with γ on its linear layers,
+    4.2× → 2.7× gradient×input).  Convolutions with groups = 1 and mixed-sign inputs measured
+    alike both ways and stay stacked."""
+    return spec.groups > 1 or (not nonneg and isinstance(spec, LinearSpec))
 
 
 def _pm_blocks(a, spec, sw, nonneg, output, need_m):
