@@ -587,9 +587,51 @@ def _signed_sums(a, spec, sw, nonneg, z, need_m):
     return P, M, z
 
 
+def _gamma_mixed(R, a, spec, z, g, gam, e, coef):
+    """γ for an input of both signs in four convolution units instead of seven.
+
+    With ``u = a∗W`` (so ``z = u + b``) and ``S = |a|∗|W|``, the sums of the products' positive
+    and negative parts are ``½(u + S)`` and ``½(u − S)``: ``P = ½(z − b + S) + b⁺``,
+    ``M = ½(z − b − S) + b⁻``, one convolution.  The backward's sums for ``a⁺`` and ``a⁻``,
+    ``t₁ = c⁺∗W⁺ + c⁻∗W⁻`` and ``t₂ = c⁻∗W⁺ + c⁺∗W⁻``, are ``½(A ± B)`` with
+    ``A = (c⁺ + c⁻)∗W`` and ``B = (c⁺ − c⁻)∗|W|``: two transposed convolutions.  The rule reads
+    ``P`` only where ``z > 0`` and ``M`` only where ``z < 0``, where neither is a difference of
+    nearly equal terms; their rounding is that of ``z`` itself (of the order of ``ε·S``).
+    """
+    W, b = spec.weight, spec.bias
+    Wabs = W.abs()
+    if z is None:
+        z = spec.fwd(a, W, b)
+    S = spec.fwd(a.abs(), Wabs)
+    u = z if b is None else z - b.reshape((-1,) + (1,) * (z.dim() - 2))
+    P, M = (u + S).mul_(0.5), (u - S).mul_(0.5)
+    del S, u
+    if b is not None:
+        shape = (-1,) + (1,) * (z.dim() - 2)
+        P.add_(b.clamp(min=0).reshape(shape))
+        M.add_(b.clamp(max=0).reshape(shape))
+    G = _coef("gamma", R, z, g, P, M, spec.groups, e=e, gamma=gam)
+    del P, M
+    N = G.shape[0]
+    shape = (N, z.shape[1]) + tuple(z.shape[2:])
+    cs = (G[:, :, 0] + G[:, :, 1]).reshape(shape)
+    cd = (G[:, :, 0] - G[:, :, 1]).reshape(shape)
+    del G
+    a_shape = (N,) + tuple(a.shape[1:])
+    A = spec.bwd(cs, a_shape, W)
+    B = spec.bwd(cd, a_shape, Wabs)
+    del cs, cd
+    t1, t2 = (A + B).mul_(0.5), A.sub_(B).mul_(0.5)
+    if coef:
+        return t1, t2
+    return a.clamp(min=0) * t1 + a.clamp(max=0) * t2
+
+
 def _gamma_body(gam, e):
     def body(R, a, spec, z, coef=False, g=None):
         nonneg = spec.known_nonneg or _nonneg(a)
+        if not nonneg:
+            return _gamma_mixed(R, a, spec, z, g, gam, e, coef)
         sw = _SignedWeights(spec)
         if nonneg or sw._fused:  # build the stack first: W⁺ and W⁻ come out of it
             sw.pm()
