@@ -216,7 +216,8 @@ def _model(name, device, seed=0):
 #   z⁺, a ≥ 0:           forward, P = a∗W⁺, backward with W⁺
 #   z⁺, mixed signs:     forward, P = [a⁺, a⁻]∗[W⁺, W⁻], backward to [a⁺, a⁻]
 #   γ / αβ, a ≥ 0:       forward, P = a∗W⁺, backward of [c⁺; c⁻] with [W⁺; W⁻] (2O channels)
-#   γ / αβ, mixed:       forward, P = [a⁺, a⁻]∗[W⁺, W⁻], backward with the 2×2 block weight
+#   γ, mixed signs:      forward, S = |a|∗|W|, backward with W and with |W| (O channels each)
+#   αβ, mixed signs:     forward, P = [a⁺, a⁻]∗[W⁺, W⁻], backward with the 2×2 block weight
 #   z^B:                 forward, backward of c with [W, W⁺, W⁻] (to 3C channels; the low and
 #                        high terms of its forward are the same for every sample: not counted)
 #   flat:                forward (its backward does not read W)
@@ -249,6 +250,10 @@ def _layer_floor(spec, a, rule, repeats):
             c3 = spec.stack_weights([[W, Wp, Wn]])
             shape3 = (N, 3 * a.shape[1]) + tuple(a.shape[2:])
             return gxi, fwd + med(lambda: spec.bwd(c, shape3, c3))
+        if rule == "gamma" and not nonneg:
+            aa, Wa = a.abs(), W.abs()
+            return gxi, (fwd + med(lambda: spec.fwd(aa, Wa)) + bwd
+                         + med(lambda: spec.bwd(c, a.shape, Wa)))
         if nonneg:
             P = med(lambda: spec.fwd(a, Wp))
         else:
