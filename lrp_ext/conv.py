@@ -614,17 +614,22 @@ def _gamma_mixed(R, a, spec, z, g, gam, e, coef):
     del P, M
     N = G.shape[0]
     shape = (N, z.shape[1]) + tuple(z.shape[2:])
-    cs = (G[:, :, 0] + G[:, :, 1]).reshape(shape)
-    cd = (G[:, :, 0] - G[:, :, 1]).reshape(shape)
+    cs = (G[:, :, 0] + G[:, :, 1]).reshape(shape).mul_(0.5)
+    cd = (G[:, :, 0] - G[:, :, 1]).reshape(shape).mul_(0.5)
     del G
     a_shape = (N,) + tuple(a.shape[1:])
-    A = spec.bwd(cs, a_shape, W)
+    A = spec.bwd(cs, a_shape, W)  # t₁ = A + B, t₂ = A − B (the ½ is in cs and cd)
     B = spec.bwd(cd, a_shape, Wabs)
     del cs, cd
-    t1, t2 = (A + B).mul_(0.5), A.sub_(B).mul_(0.5)
-    if coef:
-        return t1, t2
-    return a.clamp(min=0) * t1 + a.clamp(max=0) * t2
+    # the gradient at a: t₁ where a ≥ 0, t₂ where a < 0, in one pass (K stacked gradients of
+    # one forward: A and B hold K·N samples against a's N)
+    sign = torch.where(a < 0, -1.0, 1.0).to(a.dtype)
+    g_in = torch.addcmul(A.view((-1,) + tuple(a.shape)), B.view((-1,) + tuple(a.shape)),
+                         sign).view(a_shape)
+    del A, B
+    if coef:  # already the gradient: one coefficient, as for an input known to be >= 0
+        return g_in, None
+    return a * g_in
 
 
 def _gamma_body(gam, e):
