@@ -27,8 +27,9 @@ TORCH_LIBRARY(lrp_ext, m) {
   // positive sum Σ(aW)⁺ + b⁺ (z⁺, gamma, alpha_beta; None for epsilon), M the negative sum
   // Σ(aW)⁻ + b⁻ (gamma, alpha_beta; None: M = z − P, when z is the layer's output). Returns the rule's
   // coefficients at the outputs: g's shape for epsilon / z⁺, the stacked [c⁺; c⁻]
-  // (K·N, groups, 2, O/groups, *sp) for gamma / alpha_beta. kind: 0 epsilon, 1 z⁺, 4 gamma,
-  // 5 alpha_beta (csrc/rule_math.h); e the stabiliser.
+  // (K·N, groups, 2, O/groups, *sp) for gamma / alpha_beta, the halves (2, K·N, O, *sp) of
+  // gamma_mixed (P is then S = |a|∗|W| + |b|, M unused). kind: 0 epsilon, 1 z⁺, 4 gamma,
+  // 5 alpha_beta, 6 gamma_mixed (csrc/rule_math.h); e the stabiliser.
   m.def("coefficients(Tensor z, Tensor g, Tensor? P, Tensor? M, int kind, int groups, float e, float gamma, "
         "float alpha, float beta, bool times_z) -> Tensor");
   // The sign-split weights of a (non-transposed) conv / linear layer with weight W (O, C/g, *k)
@@ -38,8 +39,12 @@ TORCH_LIBRARY(lrp_ext, m) {
   // y / x with 0 where x == 0 (the identity rule's ratio of an elementwise activation), one
   // pass; y and x of one shape, float32 or float64.
   m.def("safe_ratio(Tensor y, Tensor x) -> Tensor");
+  // A + B where x >= 0 (or NaN), A − B where x < 0 (γ's gradient at an input of both signs,
+  // from coefficients' gamma_mixed halves); A and B of one shape, x's or K stacked along dim 0.
+  m.def("sign_sum(Tensor A, Tensor B, Tensor x) -> Tensor");
 }
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -156,8 +161,9 @@ void check_coefficients(const at::Tensor& z, const at::Tensor& g, const c10::opt
                         const c10::optional<at::Tensor>& M, int64_t kind, int64_t groups, double e, double gamma, double alpha,
                         double beta) {
   const char* op = "coefficients";
-  TORCH_CHECK(kind == 0 || kind == 1 || kind == 4 || kind == 5, op,
-              ": kind must be 0 (epsilon), 1 (z_plus), 4 (gamma) or 5 (alpha_beta), got ", kind);
+  TORCH_CHECK(kind == 0 || kind == 1 || kind == 4 || kind == 5 || kind == 6, op,
+              ": kind must be 0 (epsilon), 1 (z_plus), 4 (gamma), 5 (alpha_beta) or 6 "
+              "(gamma_mixed), got ", kind);
   TORCH_CHECK(z.dim() >= 2, op, ": z must be (N, O, ...), got shape ", shape_str(z));
   TORCH_CHECK(groups >= 1 && z.size(1) % groups == 0, op, ": groups=", groups,
               " must divide z's dim 1 (", z.size(1), ")");
@@ -181,6 +187,7 @@ void check_coefficients(const at::Tensor& z, const at::Tensor& g, const c10::opt
               " but g is on ", g.device());
   TORCH_CHECK(kind == 0 || P.has_value(), op, ": P is needed for kind ", kind);
   if (P.has_value()) same(*P, "P");
+  TORCH_CHECK(kind != 6 || !M.has_value(), op, ": kind 6 (gamma_mixed) takes no M");
   if (M.has_value()) same(*M, "M");
   check_stabilizer(op, "e", e);
   check_finite(op, "gamma", gamma);
@@ -190,6 +197,11 @@ void check_coefficients(const at::Tensor& z, const at::Tensor& g, const c10::opt
 
 std::vector<int64_t> coefficients_shape(const at::Tensor& z, const at::Tensor& g, int64_t kind,
                                         int64_t groups) {
+  if (kind == 6) {
+    std::vector<int64_t> shape = {2};
+    for (int64_t d = 0; d < g.dim(); ++d) shape.push_back(g.size(d));
+    return shape;
+  }
   if (kind != 4 && kind != 5) return g.sizes().vec();
   std::vector<int64_t> shape = {g.size(0), groups, 2, z.size(1) / groups};
   for (int64_t d = 2; d < z.dim(); ++d) shape.push_back(z.size(d));
@@ -204,6 +216,23 @@ void check_safe_ratio(const at::Tensor& y, const at::Tensor& x) {
               y.device(), " and ", x.scalar_type(), " on ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "safe_ratio: float32 or float64 only, got ", x.scalar_type());
+}
+
+void check_sign_sum(const at::Tensor& A, const at::Tensor& B, const at::Tensor& x) {
+  const char* op = "sign_sum";
+  TORCH_CHECK(A.sizes() == B.sizes(), op, ": A and B must have one shape, got ", shape_str(A),
+              " and ", shape_str(B));
+  TORCH_CHECK(A.dim() == x.dim() && A.sizes().slice(std::min<int64_t>(1, x.dim())) ==
+                  x.sizes().slice(std::min<int64_t>(1, x.dim())) &&
+                  (x.dim() == 0 || (x.size(0) == 0 ? A.size(0) == 0 : A.size(0) % x.size(0) == 0)),
+              op, ": A must have x's shape ", shape_str(x), " or a multiple of its batch, got ",
+              shape_str(A));
+  for (const at::Tensor* t : {&A, &B})
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op,
+                ": A, B and x must have one dtype and device, got ", t->scalar_type(), " on ",
+                t->device(), " and x ", x.scalar_type(), " on ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": float32 or float64 only, got ", x.scalar_type());
 }
 
 void check_signed_weights(const at::Tensor& W, const c10::optional<at::Tensor>& scale,

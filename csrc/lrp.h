@@ -31,16 +31,20 @@ void check_z_box(const at::Tensor& R, const at::Tensor& a, const at::Tensor& W,
                  const at::Tensor& low, const at::Tensor& high, double stabilizer);
 
 // coefficients: z, g, P (when the rule reads it), M (optional) of one shape and dtype (float32/float64) on
-// one device, groups dividing dim 1, kind one of EPS, ZPLUS, GAMMA, AB; the scalars as above.
+// one device, groups dividing dim 1, kind one of EPS, ZPLUS, GAMMA, AB, GAMMA_MIXED (no M); the
+// scalars as above.
 void check_coefficients(const at::Tensor& z, const at::Tensor& g, const c10::optional<at::Tensor>& P,
                         const c10::optional<at::Tensor>& M, int64_t kind, int64_t groups, double e, double gamma, double alpha,
                         double beta);
-// The shape of coefficients' result: g's, or (N, groups, 2, O/groups, *sp) for the
-// two-coefficient rules (N = g.size(0)).
+// The shape of coefficients' result: g's, (N, groups, 2, O/groups, *sp) for the
+// two-coefficient rules (N = g.size(0)), (2, *g's shape) for GAMMA_MIXED.
 std::vector<int64_t> coefficients_shape(const at::Tensor& z, const at::Tensor& g, int64_t kind,
                                         int64_t groups);
 // safe_ratio: y, x of one shape, dtype (float32/float64) and device.
 void check_safe_ratio(const at::Tensor& y, const at::Tensor& x);
+// sign_sum: A, B of one shape (x's, or K copies stacked along dim 0), one dtype (float32/float64)
+// and device with x.
+void check_sign_sum(const at::Tensor& A, const at::Tensor& B, const at::Tensor& x);
 // signed_weights: W (O, ...) float32/float64, groups dividing O, scale (O,) of W's dtype/device.
 void check_signed_weights(const at::Tensor& W, const c10::optional<at::Tensor>& scale,
                           int64_t groups);

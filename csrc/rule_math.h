@@ -12,6 +12,7 @@
 //   gamma       c⁺ = (1+γ)s_p + s_n, c⁻ = s_p + (1+γ)s_n,
 //               s_p = R[z>0]/stab(z+γP), s_n = R[z<0]/stab(z+γM)
 //   alpha_beta  c⁺ = αR/stab(P), c⁻ = −βR/stab(M)
+// and, at model level, γ on an input of both signs from z and S = Σ|a||W| + |b| (gamma_mixed).
 #pragma once
 
 #if defined(__CUDACC__)
@@ -23,7 +24,7 @@
 namespace lrp_ext {
 namespace rule {
 
-enum Kind : int { EPS = 0, ZPLUS = 1, BOX = 2, WSQ = 3, GAMMA = 4, AB = 5 };
+enum Kind : int { EPS = 0, ZPLUS = 1, BOX = 2, WSQ = 3, GAMMA = 4, AB = 5, GAMMA_MIXED = 6 };
 
 // rules with two coefficients per output (c⁺, c⁻)
 LRP_HD constexpr bool is_signed(int kind) { return kind == GAMMA || kind == AB; }
@@ -82,6 +83,21 @@ LRP_HD void pair_pmz(const Params<T>& p, T P, T M, T z, T r, T& cp, T& cn) {
     cn = -p.beta * r / stab(M, p.e);
   }
 }
+// γ on an input of both signs (the model-level stage): with u = Σ a W (z = u + b) and
+// S = Σ |a||W| + |b|, the forward sums are P = ½(z + S) and M = ½(z − S) (Σ p⁺ = ½(u + Σ|a||W|),
+// and b⁺ − ½b = ½|b|). Returns cs = ½(c⁺ + c⁻) and cd = ½(c⁺ − c⁻): the input side's sums
+// t₁ = c⁺W⁺ + c⁻W⁻ and t₂ = c⁻W⁺ + c⁺W⁻ are then A + B and A − B with A = cs W, B = cd |W|
+// (sign_sum). The rule reads P only where z > 0 and M only where z < 0.
+template <class T> LRP_HD void gamma_mixed(const Params<T>& p, T S, T z, T r, T& cs, T& cd) {
+  T cp, cn;
+  pair_pmz<GAMMA>(p, T(0.5) * (z + S), T(0.5) * (z - S), z, r, cp, cn);
+  cs = T(0.5) * (cp + cn);
+  cd = T(0.5) * (cp - cn);
+}
+// The gradient at an input of both signs from those sums: t₁ = A + B where x >= 0 (NaN
+// included), t₂ = A − B where x < 0.
+template <class T> LRP_HD T sign_sum(T x, T A, T B) { return x < T(0) ? A - B : A + B; }
+
 // The same from the sums of p⁺ (s1) and p⁻ (s2) and the bias.
 template <int K, class T>
 LRP_HD void pair(const Params<T>& p, T s1, T s2, T r, T bias, T& cp, T& cn) {

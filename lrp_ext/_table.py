@@ -58,7 +58,9 @@ OP_TENSORS = {"epsilon": ("R", "a", "W", "b"), "gamma": ("R", "a", "W", "b"),
 
 # kinds of lrp_ext::coefficients, the model-level elementwise stage (rule::Kind in
 # csrc/rule_math.h): epsilon (also LRP-0), z⁺, gamma, alpha_beta
-COEF_KIND = {"epsilon": 0, "z_plus": 1, "gamma": 4, "alpha_beta": 5}
+# kinds of the model-level coefficients op (csrc/rule_math.h, rule::Kind); gamma_mixed is γ on an
+# input of both signs, from S = |a|∗|W| + |b| in P's place (lrp_ext.conv._gamma_mixed)
+COEF_KIND = {"epsilon": 0, "z_plus": 1, "gamma": 4, "alpha_beta": 5, "gamma_mixed": 6}
 
 
 def default(rule, param):

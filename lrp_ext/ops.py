@@ -14,7 +14,7 @@ import torch
 from . import _table
 
 OP_NAMES = tuple(_table.OP_TENSORS)
-ALL_OPS = OP_NAMES + ("coefficients", "signed_weights", "safe_ratio")  # and model-level stages
+ALL_OPS = OP_NAMES + ("coefficients", "signed_weights", "safe_ratio", "sign_sum")  # and model-level stages
 
 _load_error: str | None = None
 try:  # importing the extension registers the ops with the dispatcher
@@ -130,6 +130,10 @@ def _coefficients_fake(z, g, P, M, kind, groups, e, gamma, alpha, beta, times_z)
         torch._check(t.shape[1:] == z.shape[1:], lambda: f"coefficients: {n} must have z's shape")
     if kind not in tuple(_table.COEF_KIND.values()):
         raise RuntimeError(f"coefficients: unknown kind {kind}")
+    if kind == _table.COEF_KIND["gamma_mixed"]:
+        if M is not None:
+            raise RuntimeError("coefficients: kind 6 (gamma_mixed) takes no M")
+        return g.new_empty((2,) + tuple(g.shape))
     if kind in (_table.COEF_KIND["gamma"], _table.COEF_KIND["alpha_beta"]):
         N, O = g.shape[:2]
         return z.new_empty((N, groups, 2, O // groups) + tuple(z.shape[2:]))
@@ -149,6 +153,26 @@ def _safe_ratio_fake(y, x):
         raise RuntimeError("safe_ratio: y and x must have one dtype (float32/float64) and device")
     torch._check(y.shape == x.shape, lambda: "safe_ratio: y and x must have one shape")
     return x.new_empty(x.shape)
+
+
+def _sign_sum_fake(A, B, x):
+    if x.dtype not in COEF_DTYPES or any(t.dtype != x.dtype or t.device != x.device
+                                         for t in (A, B)):
+        raise RuntimeError("sign_sum: A, B and x must have one dtype (float32/float64) and "
+                           "device")
+    torch._check(A.shape == B.shape, lambda: "sign_sum: A and B must have one shape")
+    torch._check(A.dim() == x.dim() and A.shape[1:] == x.shape[1:],
+                 lambda: "sign_sum: A must have x's shape or a multiple of its batch")
+    return A.new_empty(A.shape)
+
+
+def sign_sum(A, B, x):
+    """``lrp_ext::sign_sum`` where compiled for ``x``'s device and dtype, else its plain PyTorch
+    form :func:`lrp_ext.reference.sign_sum`."""
+    if has_model_ops(x):
+        return torch.ops.lrp_ext.sign_sum(A, B, x)
+    from . import reference
+    return reference.sign_sum(A, B, x)
 
 
 def _signed_weights_fake(W, scale, groups, both):
@@ -177,3 +201,4 @@ if _loaded():
     torch.library.register_fake("lrp_ext::coefficients")(_coefficients_fake)
     torch.library.register_fake("lrp_ext::signed_weights")(_signed_weights_fake)
     torch.library.register_fake("lrp_ext::safe_ratio")(_safe_ratio_fake)
+    torch.library.register_fake("lrp_ext::sign_sum")(_sign_sum_fake)

@@ -191,7 +191,9 @@ def coefficients(z, g, P, M, kind, groups, e, gamma, alpha, beta, times_z):
     z's shape or K of them stacked along the batch (K·N, O, *sp), ``P`` / ``M``
     the positive / negative sums (``M = z − P`` when None), ``kind`` from
     ``lrp_ext._table.COEF_KIND``.  Returns ``r / stab(z)`` (ε), ``α r / stab(P)`` (z⁺), or the
-    stacked ``[c⁺; c⁻]`` as (N, groups, 2, O/groups, *sp) (γ, αβ) as in ``docs/rules.md``.
+    stacked ``[c⁺; c⁻]`` as (N, groups, 2, O/groups, *sp) (γ, αβ) as in ``docs/rules.md``; for
+    ``gamma_mixed`` ``P`` is ``S = |a|∗|W| + |b|`` (so ``P = ½(z + S)``, ``M = ½(z − S)``) and
+    the result the halves ``½(c⁺ + c⁻)``, ``½(c⁺ − c⁻)`` as (2, N, O, *sp).
     """
     kinds = _table.COEF_KIND
     gshape = g.shape
@@ -202,9 +204,11 @@ def coefficients(z, g, P, M, kind, groups, e, gamma, alpha, beta, times_z):
         return (r / stabilize(z, e)).reshape(gshape)
     if kind == kinds["z_plus"]:
         return (alpha * r / stabilize(P, e)).reshape(gshape)
+    if kind == kinds["gamma_mixed"]:  # P holds S = |a|∗|W| + |b|: P = ½(z + S), M = ½(z − S)
+        P, M = 0.5 * (z + P), 0.5 * (z - P)
     if M is None:
         M = z - P
-    if kind == kinds["gamma"]:
+    if kind in (kinds["gamma"], kinds["gamma_mixed"]):
         sp = r * (z > 0).to(r.dtype) / stabilize(z + gamma * P, e)
         sn = r * (z < 0).to(r.dtype) / stabilize(z + gamma * M, e)
         cp, cn = sp + sn + gamma * sp, sp + sn + gamma * sn
@@ -212,6 +216,18 @@ def coefficients(z, g, P, M, kind, groups, e, gamma, alpha, beta, times_z):
         cp, cn = alpha * r / stabilize(P, e), -beta * r / stabilize(M, e)
     else:
         raise ValueError(f"coefficients: unknown kind {kind}")
+    if kind == kinds["gamma_mixed"]:  # the half sum and half difference, (2, K·N, O, *sp)
+        return torch.stack([(0.5 * (cp + cn)).reshape(gshape), (0.5 * (cp - cn)).reshape(gshape)])
     N, O = gshape[:2]
     shape = (N, groups, O // groups) + tuple(z.shape[2:])
     return torch.stack([cp.reshape(shape), cn.reshape(shape)], dim=2)
+
+
+def sign_sum(A, B, x):
+    """``A + B`` where ``x ≥ 0`` (or NaN), ``A − B`` where ``x < 0`` (``lrp_ext::sign_sum``,
+    schema in ``csrc/lrp.cpp``): γ's gradient at an input of both signs.  ``A`` and ``B`` have
+    ``x``'s shape or K copies of it stacked along dim 0."""
+    shape = A.shape
+    if x.dim() and A.shape[0] != x.shape[0]:
+        A, B = A.reshape((-1,) + tuple(x.shape)), B.reshape((-1,) + tuple(x.shape))
+    return torch.where(x < 0, A - B, A + B).reshape(shape)

@@ -1,5 +1,6 @@
 """The model-level ops: ``lrp_ext::coefficients`` (the elementwise stage of a conv / linear
-rule) and ``lrp_ext::signed_weights`` (``[W⁺; W⁻]`` of a BatchNorm-merged weight), each kernel
+rule), ``lrp_ext::signed_weights`` (``[W⁺; W⁻]`` of a BatchNorm-merged weight),
+``lrp_ext::safe_ratio`` and ``lrp_ext::sign_sum``, each kernel
 (every CPU ISA, CUDA) against its plain-PyTorch form in float64 and float32: random values of
 both signs with exact zeros, groups, K stacked gradients, non-contiguous inputs, non-finite
 values, and the argument errors; opcheck and the fake kernels."""
@@ -52,7 +53,7 @@ def test_coefficients_match_reference(isa, name, kind, groups, K, times_z):
             if shape[1] % groups:
                 continue
             z, g, P, M = _case(shape, dtype, dev, seed=len(shape) + K, K=K)
-            for MM in (None, M):
+            for MM in (None,) if name == "gamma_mixed" else (None, M):
                 args = (kind, groups, PARAMS["e"], PARAMS["gamma"], PARAMS["alpha"],
                         PARAMS["beta"], times_z)
                 got = torch.ops.lrp_ext.coefficients(z, g, P if kind else None, MM, *args)
@@ -77,6 +78,8 @@ def test_coefficients_non_contiguous(isa, name, kind):
     z, g, P, M = _case((5, 4, 6), torch.float32, isa.device, seed=9)
     zt, gt, Pt, Mt = (t.transpose(0, 2).contiguous().transpose(0, 2) for t in (z, g, P, M))
     assert not zt.is_contiguous()
+    if name == "gamma_mixed":  # it takes no M
+        M = Mt = None
     args = (kind, 2, 1e-6, 0.25, 2.0, 1.0, True)
     got = torch.ops.lrp_ext.coefficients(zt, gt, Pt, Mt, *args)
     want = _ref(z, g, P, M, *args)
@@ -122,6 +125,10 @@ def test_coefficients_errors(device):
         op(z, z, None, None, 0, 1, -1.0, 0, 1, 0, True)
     with pytest.raises(RuntimeError, match="gamma must be a finite"):
         op(z, z, z, None, 4, 1, 1e-6, float("nan"), 1, 0, True)
+    with pytest.raises(RuntimeError, match="gamma_mixed.*takes no M"):
+        op(z, z, z, z, 6, 1, 1e-6, 0.25, 1, 0, True)
+    with pytest.raises(RuntimeError, match="P is needed"):
+        op(z, z, None, None, 6, 1, 1e-6, 0.25, 1, 0, True)
 
 
 def test_coefficients_empty(device):
@@ -129,6 +136,9 @@ def test_coefficients_empty(device):
     z = torch.empty(0, 4, 3, device=device)
     out = torch.ops.lrp_ext.coefficients(z, z, z, None, 4, 2, 1e-6, 0.25, 1.0, 0.0, True)
     assert out.shape == (0, 2, 2, 2, 3)
+    out = torch.ops.lrp_ext.coefficients(z, z, z, None, 6, 1, 1e-6, 0.25, 1.0, 0.0, True)
+    assert out.shape == (2, 0, 4, 3)
+    assert torch.ops.lrp_ext.sign_sum(z, z, z).shape == (0, 4, 3)
 
 
 def test_coefficients_fallback_matches_kernel():
@@ -192,6 +202,7 @@ def test_opcheck_model_ops(device):
         torch.library.opcheck(torch.ops.lrp_ext.coefficients,
                               (z, g, P if kind else None, None, kind, 3, 1e-6, 0.25, 2.0, 1.0,
                                True))
+    torch.library.opcheck(torch.ops.lrp_ext.sign_sum, (g, P.repeat(2, 1, 1, 1), z))
     torch.library.opcheck(torch.ops.lrp_ext.coefficients,
                           (z, g, P, M, COEF_KIND["alpha_beta"], 1, 1e-6, 0.0, 2.0, 1.0, False))
     W = torch.randn(6, 4, 3, 3, device=device)
@@ -233,3 +244,61 @@ def test_safe_ratio_errors(device):
         torch.ops.lrp_ext.safe_ratio(x, x.double())
     with pytest.raises(RuntimeError, match="float32 or float64"):
         torch.ops.lrp_ext.safe_ratio(x.half(), x.half())
+
+
+def test_gamma_mixed_is_gamma_with_its_sums():
+    """kind gamma_mixed is γ's stage with P = ½(z + S), M = ½(z − S), returned as the half sum
+    and half difference of (c⁺, c⁻): checked against kind gamma given those P and M (float64,
+    the reference), so the two kinds cannot drift apart."""
+    z, g, S, _ = _case((3, 4, 5), torch.float64, "cpu", seed=11, K=2)
+    S = S + z.abs()  # S ≥ |z|, as Σ|a||W| + |b| is
+    args = (1, 1e-6, 0.25, 2.0, 1.0, True)
+    got = reference.coefficients(z, g, S, None, COEF_KIND["gamma_mixed"], *args)
+    G = reference.coefficients(z, g, 0.5 * (z + S), 0.5 * (z - S), COEF_KIND["gamma"], *args)
+    cp, cn = G[:, 0, 0], G[:, 0, 1]
+    torch.testing.assert_close(got, torch.stack([0.5 * (cp + cn), 0.5 * (cp - cn)]), rtol=0,
+                               atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("K", [1, 3])
+def test_sign_sum(isa, dtype, K):
+    """A + B where x ≥ 0 (-0.0 and NaN included), A − B where x < 0; K stacked copies of x's
+    shape in A and B; non-contiguous inputs; non-finite values as IEEE gives them."""
+    gen = torch.Generator().manual_seed(K)
+    x = torch.randn(5, 7, 3, generator=gen, dtype=dtype)
+    A = torch.randn((K * 5, 7, 3), generator=gen, dtype=dtype)
+    B = torch.randn((K * 5, 7, 3), generator=gen, dtype=dtype)
+    x.view(-1)[::5] = 0.0
+    x.view(-1)[1] = -0.0
+    x.view(-1)[2] = float("nan")
+    x.view(-1)[3] = -float("inf")
+    A.view(-1)[4] = float("inf")
+    B.view(-1)[4] = float("inf")  # inf − inf = NaN where x < 0
+    B.view(-1)[8] = float("nan")
+    x, A, B = x.to(isa.device), A.to(isa.device), B.to(isa.device)
+    xs = x.repeat(K, 1, 1)
+    want = torch.where(xs < 0, A.double() - B.double(), A.double() + B.double()).to(dtype)
+    got = torch.ops.lrp_ext.sign_sum(A, B, x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(got[(xs > 0) | (xs == 0)].isnan(), (A + B)[(xs > 0) | (xs == 0)].isnan())
+    At, Bt, xt = (t.transpose(1, 2) for t in (A, B, x))
+    torch.testing.assert_close(torch.ops.lrp_ext.sign_sum(At, Bt, xt), want.transpose(1, 2),
+                               rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(reference.sign_sum(A, B, x), want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_sign_sum_errors(device):
+    _compiled(device)
+    x = torch.randn(4, 3, device=device)
+    op = torch.ops.lrp_ext.sign_sum
+    with pytest.raises(RuntimeError, match="A and B must have one shape"):
+        op(x, x[:, :2], x)
+    with pytest.raises(RuntimeError, match="multiple of its batch"):
+        op(torch.randn(6, 3, device=device), torch.randn(6, 3, device=device), x)
+    with pytest.raises(RuntimeError, match="multiple of its batch"):
+        op(x[:, :2], x[:, :2], x)
+    with pytest.raises(RuntimeError, match="one dtype and device"):
+        op(x.double(), x.double(), x)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        op(x.half(), x.half(), x.half())

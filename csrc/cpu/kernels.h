@@ -381,7 +381,7 @@ void coef_row(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
   const T* __restrict__ P = static_cast<const T*>(j.P) + (j.P ? zr * n : 0);
   const T* __restrict__ M = static_cast<const T*>(j.M) + (j.M ? zr * n : 0);
   T* __restrict__ o0 = static_cast<T*>(j.out) + row * n * (rule::is_signed(K) ? 2 : 1);
-  T* __restrict__ o1 = o0 + n;
+  T* __restrict__ o1 = o0 + (K == rule::GAMMA_MIXED ? j.half : n);
   const rule::Params<T> p{T(j.e), T(j.gamma), T(j.alpha), T(j.beta)};
   for (int64_t k = k0; k < k1; ++k) {
     const T zk = z[k];
@@ -392,6 +392,11 @@ void coef_row(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
       rule::pair_pmz<K>(p, Pk, HM ? M[k] : zk - Pk, zk, r, cp, cn);
       o0[k] = cp;
       o1[k] = cn;
+    } else if constexpr (K == rule::GAMMA_MIXED) {
+      T cs, cd;
+      rule::gamma_mixed(p, P[k], zk, r, cs, cd);
+      o0[k] = cs;
+      o1[k] = cd;
     } else if constexpr (K == rule::EPS) {
       o0[k] = rule::single<K>(p, zk, r, T(0));
     } else {
@@ -406,6 +411,7 @@ void coef_kind(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
     case rule::EPS: return coef_row<rule::EPS, T, TZ, false>(j, row, k0, k1);
     case rule::ZPLUS: return coef_row<rule::ZPLUS, T, TZ, false>(j, row, k0, k1);
     case rule::GAMMA: return coef_row<rule::GAMMA, T, TZ, HM>(j, row, k0, k1);
+    case rule::GAMMA_MIXED: return coef_row<rule::GAMMA_MIXED, T, TZ, false>(j, row, k0, k1);
     default: return coef_row<rule::AB, T, TZ, HM>(j, row, k0, k1);
   }
 }
@@ -423,7 +429,29 @@ void ratio_loop(const T* __restrict__ y, const T* __restrict__ x, T* __restrict_
   for (int64_t k = k0; k < k1; ++k) out[k] = rule::safe_ratio(y[k], x[k]);
 }
 
+// x has n values, A, B and out L·n (L stacked gradients of x's shape): runs of k within one
+// copy, so that the inner loop has no modulo and vectorizes.
+template <class T>
+void sign_sum_loop(const T* __restrict__ x, const T* __restrict__ A, const T* __restrict__ B,
+                   T* __restrict__ out, int64_t n, int64_t k0, int64_t k1) {
+  for (int64_t k = k0; k < k1;) {
+    const int64_t base = k / n * n, end = k1 < base + n ? k1 : base + n;
+    const T* __restrict__ xb = x - base;
+    for (int64_t i = k; i < end; ++i) out[i] = rule::sign_sum(xb[i], A[i], B[i]);
+    k = end;
+  }
+}
+
 }  // namespace
+
+void sign_sum_range(const void* x, const void* A, const void* B, void* out, bool f64, int64_t n,
+                    int64_t k0, int64_t k1) {
+  if (f64)
+    return sign_sum_loop(static_cast<const double*>(x), static_cast<const double*>(A),
+                         static_cast<const double*>(B), static_cast<double*>(out), n, k0, k1);
+  sign_sum_loop(static_cast<const float*>(x), static_cast<const float*>(A),
+                static_cast<const float*>(B), static_cast<float*>(out), n, k0, k1);
+}
 
 void ratio_range(const void* y, const void* x, void* out, bool f64, int64_t k0, int64_t k1) {
   if (f64)

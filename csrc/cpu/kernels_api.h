@@ -24,16 +24,17 @@ struct Job {
 
 // The model-level elementwise stage of a layer rule (csrc/cpu/elementwise.cpp): per output,
 // from z, g (r = z ⊙ g, or r = g), P and M, the coefficient(s) of rule kind `kind` (rule::Kind:
-// EPS, ZPLUS, GAMMA or AB). Rows of `inner` contiguous values; out: (rows, 2, inner) for the
-// two-coefficient rules, (rows, inner) otherwise; g and out have `rows` rows, z, P and M
-// `zrows` (row r of g reads row r mod zrows of z).
+// EPS, ZPLUS, GAMMA, AB or GAMMA_MIXED). Rows of `inner` contiguous values; out: (rows, 2, inner)
+// for the two-coefficient rules, (2, rows, inner) for GAMMA_MIXED (its second half `half`
+// values on), (rows, inner) otherwise; g and out have `rows` rows, z, P and M `zrows` (row r of
+// g reads row r mod zrows of z).
 struct CoefJob {
   int kind;
   bool f64;      // double, else float
   bool times_z;  // r = z ⊙ g (g a gradient), else r = g (g a relevance)
-  const void *z, *g, *P, *M;  // P unused (null) for EPS; M null: M = z − P
+  const void *z, *g, *P, *M;  // P unused (null) for EPS, S for GAMMA_MIXED; M null: M = z − P
   void* out;
-  int64_t inner, zrows;
+  int64_t inner, zrows, half;
   double e, gamma, alpha, beta;
 };
 
@@ -44,6 +45,9 @@ struct CoefJob {
   /* out[k] = y[k] / x[k], 0 where x[k] == 0, for k in [k0, k1) */                       \
   void ratio_range(const void* y, const void* x, void* out, bool f64, int64_t k0,       \
                    int64_t k1);                                                         \
+  /* out[k] = rule::sign_sum(x[k mod n], A[k], B[k]) for k in [k0, k1) */              \
+  void sign_sum_range(const void* x, const void* A, const void* B, void* out, bool f64, \
+                      int64_t n, int64_t k0, int64_t k1);                               \
   void forward_range(const Job& job, int64_t o0, int64_t o1);                          \
   /* buf: (KO, N, I), must be zeroed by the caller; rows [o0, o1) are added into it */ \
   void backward_range(const Job& job, int64_t o0, int64_t o1, void* buf);              \

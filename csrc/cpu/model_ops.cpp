@@ -4,6 +4,7 @@
 //   the CUDA kernel; the loops are in kernels.h, compiled once per ISA.
 // - signed_weights: [W⁺; W⁻] of a BatchNorm-merged weight in one pass over W (rule::pos/neg).
 // - safe_ratio: y / x, 0 where x == 0 (rule::safe_ratio), the identity rule's ratio.
+// - sign_sum: A ± B by the sign of x (rule::sign_sum), the gradient at a mixed-sign input of γ.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -41,7 +42,7 @@ Tensor coefficients_cpu(const Tensor& z_, const Tensor& g_, const c10::optional<
   CoefJob job{static_cast<int>(kind), z.scalar_type() == at::kDouble, times_z, z.data_ptr(),
               g.data_ptr(), P.defined() ? P.data_ptr() : nullptr,
               M.defined() ? M.data_ptr() : nullptr, out.data_ptr(), inner,
-              zrows, e, gamma, alpha, beta};
+              zrows, g.numel(), e, gamma, alpha, beta};
   const Isa isa = pick_isa();
   // tasks: (row, chunk of the row), so one sample with one group still spreads over threads
   const int64_t chunks = (inner + kGrain - 1) / kGrain;
@@ -118,11 +119,31 @@ Tensor safe_ratio_cpu(const Tensor& y_, const Tensor& x_) {
   return out;
 }
 
+Tensor sign_sum_cpu(const Tensor& A_, const Tensor& B_, const Tensor& x_) {
+  check_sign_sum(A_, B_, x_);
+  TORCH_CHECK(x_.device().is_cpu(), "sign_sum: the CPU kernel got a tensor on ", x_.device());
+  const Tensor A = A_.contiguous(), B = B_.contiguous(), x = x_.contiguous();
+  Tensor out = at::empty(A.sizes(), A.options());
+  if (A.numel() == 0) return out;
+  const bool f64 = x.scalar_type() == at::kDouble;
+  const int64_t n = x.numel();
+  const Isa isa = pick_isa();
+  at::parallel_for(0, A.numel(), kGrain, [&](int64_t k0, int64_t k1) {
+    switch (isa) {
+      case Isa::AVX512: return avx512::sign_sum_range(x.data_ptr(), A.data_ptr(), B.data_ptr(), out.data_ptr(), f64, n, k0, k1);
+      case Isa::AVX2: return avx2::sign_sum_range(x.data_ptr(), A.data_ptr(), B.data_ptr(), out.data_ptr(), f64, n, k0, k1);
+      case Isa::BASE: return base::sign_sum_range(x.data_ptr(), A.data_ptr(), B.data_ptr(), out.data_ptr(), f64, n, k0, k1);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace lrp_ext
 
 TORCH_LIBRARY_IMPL(lrp_ext, CPU, m) {
+  m.impl("sign_sum", &lrp_ext::cpu::sign_sum_cpu);
   m.impl("safe_ratio", &lrp_ext::cpu::safe_ratio_cpu);
   m.impl("coefficients", &lrp_ext::cpu::coefficients_cpu);
   m.impl("signed_weights", &lrp_ext::cpu::signed_weights_cpu);

@@ -1,9 +1,9 @@
 // CUDA kernels of the model-level stages of a layer rule (schemas in csrc/lrp.cpp; CPU kernels
 // csrc/cpu/model_ops.cpp), each one grid-stride pass; the per-value math is csrc/rule_math.h,
 // the very functions the CPU suite tests.
-// coefficients: over z, g, P and M; signed_weights: over W; safe_ratio: over y and x.
-// Rows of `inner` contiguous values (row = sample × group); out: (rows, 2, inner) for gamma /
-// alpha_beta, (rows, inner) for epsilon / z⁺. float32 and float64 (callers compute 2-byte
+// coefficients: over z, g, P and M; signed_weights: over W; safe_ratio: over y and x; sign_sum:
+// over A, B and x. Rows of `inner` contiguous values (row = sample × group); out: (rows, 2,
+// inner) for gamma / alpha_beta, (2, rows, inner) for gamma_mixed, (rows, inner) for epsilon / z⁺. float32 and float64 (callers compute 2-byte
 // types in float32). The rule is a run-time argument: one instantiation per dtype.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -41,7 +41,12 @@ coefficients_kernel(const T* __restrict__ z, const T* __restrict__ g, const T* _
     const int64_t zi = idx % ztotal;  // g holds K stacked gradients of z's shape
     const T zk = z[zi];
     const T r = times_z ? zk * g[idx] : g[idx];
-    if (two) {
+    if (kind == rule::GAMMA_MIXED) {  // out: (2, total): the half sum, then the half difference
+      T cs, cd;
+      rule::gamma_mixed(prm, P[zi], zk, r, cs, cd);
+      out[idx] = cs;
+      out[total + idx] = cd;
+    } else if (two) {
       const T Pk = P[zi];
       const T Mk = M != nullptr ? M[zi] : zk - Pk;
       T cp, cn;
@@ -162,10 +167,40 @@ at::Tensor safe_ratio_cuda(const at::Tensor& y_, const at::Tensor& x_) {
   return out;
 }
 
+// sign_sum: thread per value of A (x's values repeat along A's leading copies).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+sign_sum_kernel(const T* __restrict__ x, const T* __restrict__ A, const T* __restrict__ B,
+                T* __restrict__ out, int64_t total, int64_t n) {
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[idx] = rule::sign_sum(x[idx % n], A[idx], B[idx]);
+}
+
+at::Tensor sign_sum_cuda(const at::Tensor& A_, const at::Tensor& B_, const at::Tensor& x_) {
+  check_sign_sum(A_, B_, x_);
+  TORCH_CHECK(x_.is_cuda(), "sign_sum: the CUDA kernel got a tensor on ", x_.device());
+  c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor A = A_.contiguous(), B = B_.contiguous(), x = x_.contiguous();
+  at::Tensor out = at::empty(A.sizes(), A.options());
+  const int64_t total = A.numel();
+  if (total == 0) return out;
+  const int64_t blocks = grid_for(total);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrp_ext_sign_sum", [&] {
+    sign_sum_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0,
+                                at::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(),
+        out.data_ptr<scalar_t>(), total, x.numel());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace lrp_ext
 
 TORCH_LIBRARY_IMPL(lrp_ext, CUDA, m) {
+  m.impl("sign_sum", &lrp_ext::sign_sum_cuda);
   m.impl("safe_ratio", &lrp_ext::safe_ratio_cuda);
   m.impl("coefficients", &lrp_ext::coefficients_cuda);
   m.impl("signed_weights", &lrp_ext::signed_weights_cuda);
