@@ -34,6 +34,7 @@ CASES = [
     (2, True, 4, 6, 3, 2, 1, 1, 2, 1, (4, 5)),
     (1, True, 3, 2, 4, 3, 0, 2, 1, 2, (5,)),
     (3, True, 2, 2, 2, 1, 0, 1, 2, 0, (3, 2, 3)),
+    (2, False, 8, 8, 3, 1, 0, 1, 1, 0, (4, 4)),  # weight larger than the output: split backward
 ]
 
 
@@ -72,6 +73,22 @@ def test_fast_matches_reference(rule, ci, bias, nonneg):
     if rule in ("zero", "epsilon", "gamma", "alpha_beta"):
         got2 = getattr(fast, rule)(R, a, W, b, **hyper, **kw, output=z)
         torch.testing.assert_close(got2, want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("rule", ["gamma", "alpha_beta"])
+@pytest.mark.parametrize("chunk", [1, 8000])
+def test_backward_in_chunks_of_samples(monkeypatch, rule, chunk):
+    """The stacked transposed convolution of a large batch runs over chunks of samples (one and
+    two samples per chunk here); the result is the reference's."""
+    monkeypatch.setattr(fast, "_CHUNK_BYTES", chunk)
+    gen = torch.Generator().manual_seed(17)
+    W = torch.randn(4, 3, 3, 3, generator=gen, dtype=D)
+    b = torch.randn(4, generator=gen, dtype=D)
+    a = torch.rand(7, 3, 9, 8, generator=gen, dtype=D)
+    R = torch.randn(7, 4, 7, 6, generator=gen, dtype=D)
+    kw = _kwargs(rule, a, gen)
+    torch.testing.assert_close(getattr(fast, rule)(R, a, W, b, **kw),
+                               getattr(ref, rule)(R, a, W, b, **kw), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lrp_ext import conv_reference as cref
 from lrp_ext import reference as dref
-from lrp_ext.composite import Composite, Epsilon, Gamma, Norm
+from lrp_ext.composite import Composite, Epsilon, Gamma, Gradient, Norm
 from lrp_ext.explain import explain
 
 nn = torch.nn
@@ -392,3 +392,52 @@ def test_layer_output_used_again_after_its_batchnorm():
         got = explain(m, x, target=2, composite=comp, low=-4.0, high=4.0)
         want = explain(m, x, target=2, composite=comp, low=-4.0, high=4.0, canonize=False)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_activation_inputs_and_outputs_changed_in_place_later():
+    """The identity rule keeps an activation's input and output (no ratio tensor of its own):
+    changing either in place afterwards, or running the activation itself in place, gives the
+    numbers of the out-of-place model; and the numbers are the identity rule's g·y/x, computed
+    here by hand for a two-layer net with the plain gradient on its layers."""
+    class Net(nn.Module):
+        def __init__(self, inplace):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 4)
+            self.bn = nn.BatchNorm1d(8)
+            self.inplace = inplace
+
+        def forward(self, x):
+            h = self.fc1(x) + 0.0  # not a layer output: first kept by the activation
+            y = F.silu(h)
+            z = self.bn(self.fc1(x))
+            if self.inplace:
+                h.relu_()  # the activation's input, changed after its use
+                y.mul_(2.0)  # its output
+                F.silu(z, inplace=True)  # an in-place activation on a kept BatchNorm output
+            else:
+                h, y, z = h.relu(), y * 2.0, F.silu(z)
+            return self.fc2(y + h + z)
+    torch.manual_seed(7)
+    ref = Net(False).double().eval()
+    with torch.no_grad():
+        ref.bn.running_mean.uniform_(-0.3, 0.3)
+        ref.bn.running_var.uniform_(0.5, 1.5)
+    inp = copy_module(ref)
+    inp.inplace = True
+    x = torch.randn(5, 6, dtype=torch.float64)
+    comp = Composite([((nn.Linear, nn.BatchNorm1d), Gradient())], sum_rule=Norm(0.0))
+    want = explain(ref, x, target=1, composite=comp)
+    got = explain(inp, x, target=1, composite=comp)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    # by hand: every path is linear in this frame but for the activations' y/x
+    with torch.no_grad():
+        h = ref.fc1(x)
+        z = ref.bn(h)
+        W1, W2 = ref.fc1.weight, ref.fc2.weight
+        s = ref.bn.weight / torch.sqrt(ref.bn.running_var + ref.bn.eps)
+        g = W2[1].expand(5, 8)  # gradient at y + h + z
+        ratio = lambda v: F.silu(v) / v
+        g_h = 2.0 * g * ratio(h) + g * (h > 0)
+        g_z = g * ratio(z)
+        want_hand = x * ((g_h + g_z * s) @ W1)
+    torch.testing.assert_close(want, want_hand, rtol=1e-10, atol=1e-12)

@@ -26,8 +26,7 @@ import torch
 
 from .. import composite as _comp
 from ._frame import safe_div
-from ._frame import apply
-from ._ops import RatioNode, UncoveredOp, dispatch
+from ._ops import UncoveredOp, dispatch, identity_rule
 from ._record import Meta, Recorder, RecordMode, current
 
 __all__ = ["explain", "UncoveredOp"]
@@ -78,11 +77,7 @@ def _module_rule(rec, name, module, args, out):
         raise ValueError(f"explain: rule Pass at module '{name}' ({type(module).__name__}) "
                          f"needs equal input and output shapes, got {tuple(x.shape)} -> "
                          f"{tuple(out.shape)}")
-    with torch.no_grad():
-        ratio = safe_div(out.detach(), x.detach())
-    new = apply(RatioNode(ratio), [x], out.detach())
-    rec.mark(new, Meta(nonlin=True, linear=False))
-    return new
+    return identity_rule(rec, x, out.detach(), Meta(nonlin=True, linear=False))
 
 
 # modules of these libraries' activation files are elementwise functions of one tensor, however

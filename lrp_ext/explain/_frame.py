@@ -21,7 +21,7 @@ from .. import conv as _conv
 from .. import ops as _ops
 from .._table import COEF_KIND
 
-__all__ = ["RuleFn", "apply", "safe_div", "proportional", "Subgraph", "lead", "sum_to"]
+__all__ = ["RuleFn", "InplaceRuleFn", "apply", "apply_inplace", "safe_div", "proportional", "Subgraph", "lead", "sum_to"]
 
 _functorch = torch._C._functorch
 _LOCAL = threading.local()
@@ -70,6 +70,26 @@ def apply(node, inputs, value):
     """Connect ``value`` (already computed, no history) to ``inputs`` through ``node``."""
     node.value = value.detach()
     return RuleFn.apply(node, *inputs)
+
+
+class InplaceRuleFn(RuleFn):
+    """``forward`` runs ``node.value`` (an in-place function) on ``x`` and marks ``x`` dirty:
+    ``x`` itself becomes the output, with ``node``'s backward as its gradient."""
+
+    @staticmethod
+    def forward(ctx, node, x):
+        ctx.node = node
+        fn, node.value = node.value, None
+        fn(x)
+        ctx.mark_dirty(x)
+        return x
+
+
+def apply_inplace(node, x, fn):
+    """``fn(x)`` changes ``x`` in place (an in-place activation); connect the new ``x`` to the
+    old one through ``node``: one pass over ``x``, no copy of the result."""
+    node.value = fn
+    return InplaceRuleFn.apply(node, x)
 
 
 def safe_div(num, den):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .. import conv as _conv
 from .. import canonize as _canon
 from .. import composite as _comp
-from ._frame import Subgraph, apply, lead, proportional, safe_div, sum_to
+from ._frame import Subgraph, apply, apply_inplace, lead, proportional, safe_div, sum_to
 from ._record import GATE, OTHER, REDUCE, Meta
 
 __all__ = ["dispatch", "HANDLERS", "UncoveredOp"]
@@ -167,6 +167,7 @@ def _protect(rec, t, func):
         for ref, node, attr in ents:
             if ref() is t and getattr(node, attr, None) is not None:
                 setattr(node, attr, copy)
+        rec.protected = (t, copy)  # an in-place activation reads its input from this copy
 
 
 def uncovered(rec, what, how):
@@ -189,6 +190,7 @@ def dispatch(rec, func, args, kwargs):
             ent[1].uses += 1
         if id(d) in rec.kept:
             rec.uses[id(d)] = rec.uses.get(id(d), 0) + 1
+    rec.protected = None  # set by _protect for this op only
     if _inplace(func, kwargs) and args and isinstance(args[0], T):
         relu = func in (F.relu, F.threshold) and kwargs.get("inplace") is True and \
             (func is F.relu or (len(args) >= 3 and args[1] == 0 and args[2] == 0))
@@ -284,7 +286,7 @@ class LayerNode:
         rec, rule = self.rec, self.rule
         a, spec, z = self.a, self.spec, self.z
         if self.bn is not None:
-            z = self.bn.y
+            z, self.bn.y = self.bn.y, None
             dt = spec.raw_weight.dtype
             b = _canon.merge_bias(spec.bias, self.bn.scale, self.bn.shift, dt)
             spec = spec.with_params(spec.raw_weight, b, row_scale=self.bn.scale.to(dt))
@@ -316,9 +318,12 @@ class LayerNode:
         if relevance_rule and L:  # relevance not a multiple of a: the rule at batch K·N
             reps = (L[0],) + (1,) * (a2.dim() - 1)
             a2, z2 = a2.repeat(reps), z2.repeat(reps)
-        res = _conv.rule_backward(rule.name, g2, a2, spec, output=z2, nonneg=self.nonneg,
+        held = [z2]  # the rule takes z out of it and frees it before its transposed conv
+        self.z = None
+        del z, z2
+        res = _conv.rule_backward(rule.name, g2, a2, spec, output=held, nonneg=self.nonneg,
                                   low=low, high=high, **params)
-        self.a = self.z = None
+        self.a = None
         if relevance_rule:
             Rin = res[0].reshape(L + shape)
             if self.aux:  # a model input: its relevance directly, not through R / a
@@ -613,12 +618,18 @@ def h_batch_norm(rec, func, args, kwargs, deps):
 # elementwise activations: the identity rule, g_in = g · y / x
 # ---------------------------------------------------------------------------------------------
 class RatioNode:
-    def __init__(self, ratio):
-        self.ratio = ratio
+    """The identity rule of an elementwise activation ``y = f(x)``: ``g_x = g · y / x`` (0
+    where ``x == 0``).  It keeps ``x`` and ``y``, which the layers beside an activation keep
+    anyway (a layer's output ``z``, the next layer's input ``a``), and forms the ratio in the
+    backward: no tensor of its own lives from the forward to the backward."""
+
+    def __init__(self, x):
+        self.x, self.y = x, None
 
     def backward(self, g):
-        r, self.ratio = self.ratio, None
-        return (g * r,)
+        x, y = self.x, self.y
+        self.x = self.y = None
+        return (g * safe_div(y, x),)
 
 
 _RELU = set(_funcs("relu", "relu_", "leaky_relu", "leaky_relu_"))
@@ -637,26 +648,32 @@ def h_activation(rec, func, args, kwargs, deps):
         out = func(*args, **kwargs)
         rec.mark(out, meta)
         return out
-    inplace = _inplace(func, kwargs)
-    if inplace:
-        kw = dict(kwargs)
-        kw.pop("inplace", None)
-        name = func.__name__
-        base = getattr(type(x), name[:-1], None) if name.endswith("_") else None
-        base_f = base or func
-        new = _activation_value(rec, base_f, (x.clone(),) + tuple(args[1:]), kw, meta)
-        x.copy_(new)
+    if _inplace(func, kwargs):  # x's old values: the copy _protect took for x's keepers
+        prot, rec.protected = rec.protected, None
+        old = prot[1] if prot is not None and prot[0] is x else x.detach().clone()
+        node = RatioNode(old)
+        # the model's own in-place op writes y into x, with the node's history
+        apply_inplace(node, x, lambda t: func(t, *args[1:], **kwargs))
+        node.y = x.detach()
+        rec.keep(x, node, "y")
         rec.mark(x, meta)
         return x
-    return _activation_value(rec, func, args, kwargs, meta)
-
-
-def _activation_value(rec, func, args, kwargs, meta):
-    x = args[0] if args else kwargs["input"]
     with torch.no_grad():
         value = func(*args, **kwargs)
-        ratio = safe_div(value, x)
-    out = apply(RatioNode(ratio), [x], value)
+    return identity_rule(rec, x, value, meta)
+
+
+def identity_rule(rec, x, value, meta):
+    """``value`` (``f(x)`` of an elementwise ``f``, without history) connected to ``x`` by the
+    identity rule (a :class:`RatioNode`)."""
+    node = RatioNode(x.detach())
+    out = apply(node, [x], value)
+    node.y = out.detach()
+    rec.keep(x, node, "x")
+    # this is a use of x (for _protect's in-place ReLU exception, which needs every use of a
+    # kept tensor counted; x may not have been kept before)
+    rec.uses[id(x)] = max(rec.uses.get(id(x), 0), 1)
+    rec.keep(out, node, "y")
     rec.mark(out, meta)
     return out
 

@@ -53,6 +53,7 @@ class Recorder:
         self.first_done = False
         self.inputs = {}         # id(model input as the model sees it) -> its key
         self.direct = {}         # key -> tensor whose gradient is the input's direct relevance
+        self.protected = None    # (tensor, copy of its values) from the last in-place change
 
     def direct_input(self, key, x):
         """A zero tensor of ``x``'s shape that a rule whose relevance is not a multiple of the
