@@ -21,14 +21,17 @@ Methods
   A method that raises is reported as n/a.
 
 Vision transformers (``--models vit_b_16``): ``lrp_ext:attnlrp`` and ``lrp_ext:attnlrp_gamma``
-against gradient×input.
+against gradient×input; for vit_b_16 at 224² also ``lxt:attnlrp`` and ``lxt:attnlrp_gamma``
+(LXT 2.1's efficient AttnLRP, with zennit's Gamma on the linear layers for the second, as LXT
+explains vision transformers), timed in a child process (``_LXT_CHILD``).
 
 Text models (``--models gpt2``): a GPT-2-small-size model (12 layers, 768 wide, random
 weights) on ``--tokens`` random input embeddings, explaining the last position's logit of one
 token: ``grad_x_input`` at ``inputs_embeds``, ``lrp_ext:attnlrp`` / ``lrp_ext:cp_lrp``, and
 ``lxt:attnlrp`` — LXT 2.1's efficient mode, timed in a child process (its monkey_patch
-rewrites transformers' classes for the whole process) against its own gradient×input of the
-unpatched model in that process, so its ratio is measured in one run too.
+rewrites transformers' classes for the whole process) against gradient×input of the
+unpatched model in that process, beside lrp_ext's attnlrp timed there too ("(LXT process)"
+rows), so that LXT and lrp_ext are compared within one process.
 
 Usage::
 
@@ -152,45 +155,99 @@ def _vit_methods(model, x, target):
     return out
 
 
+# LXT 2.1's efficient AttnLRP in a child process (its monkey_patch rewrites transformers' and
+# torch.nn's classes for the whole process): GPT-2 (T tokens, LXT's own patch map) or
+# torchvision's vit_b_16 at 224² (the AttnLRP map of the parity tests, tests/lxt_oracle.py; with
+# zennit's Gamma on the linear layers and the patch embedding through
+# lxt.efficient.monkey_patch_zennit, LXT's way for vision transformers). Gradient×input and
+# lrp_ext run first in interleaved rounds on the unpatched model, then LXT on the patched one:
+# every ratio of a row is within that process. Prints one "name median min" line per method.
 _LXT_CHILD = r"""
-import statistics, sys, time, torch, transformers
-from lxt.efficient import monkey_patch
-bs, T, repeats, threads = map(int, sys.argv[1:5])
+import os, statistics, sys, time, torch
+root, kind = sys.argv[1], sys.argv[2]
+bs, T, repeats, threads = map(int, sys.argv[3:7])
+sys.path[:0] = [root, os.path.join(root, "tests")]
+from lrp_ext.explain import explain
 if threads:
     torch.set_num_threads(threads)
-def build():
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
-                                  attn_implementation="sdpa", resid_pdrop=0.0, embd_pdrop=0.0,
-                                  attn_pdrop=0.0)
-    return transformers.GPT2LMHeadModel(cfg).eval()
-x = torch.randn(bs, T, 768, generator=torch.Generator().manual_seed(bs))
-def run(model):
+if kind == "gpt2":
+    import transformers
+    def build():
+        torch.manual_seed(0)
+        cfg = transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
+                                      attn_implementation="sdpa", resid_pdrop=0.0,
+                                      embd_pdrop=0.0, attn_pdrop=0.0)
+        return transformers.GPT2LMHeadModel(cfg).eval()
+    x = torch.randn(bs, T, 768, generator=torch.Generator().manual_seed(bs))
+    sel = lambda o: o.logits[:, -1]
+    fwd = lambda m, xx: sel(m(inputs_embeds=xx))
+    ours = {"lrp_ext:attnlrp": lambda m: explain(m, {"inputs_embeds": x}, 7,
+                                                  composite="attnlrp", output=sel)}
+    def patch():
+        from lxt.efficient import monkey_patch
+        monkey_patch(transformers.models.gpt2.modeling_gpt2)
+        return {"lxt:attnlrp": None}
+else:
+    import torchvision
+    def build():
+        torch.manual_seed(0)
+        return torchvision.models.vit_b_16().eval()
+    x = torch.randn(bs, 3, 224, 224, generator=torch.Generator().manual_seed(bs))
+    fwd = lambda m, xx: m(xx)
+    ours = {f"lrp_ext:{c}": (lambda m, c=c: explain(m, x, 7, composite=c))
+            for c in ("attnlrp", "attnlrp_gamma")}
+    def patch():
+        import lxt_oracle
+        import zennit.rules as zr
+        from zennit.composites import LayerMapComposite
+        lxt_oracle.patch_all([{"kind": "vit", "gamma": {"conv": 0.25, "linear": 0.25}}],
+                             "attnlrp")
+        return {"lxt:attnlrp": None, "lxt:attnlrp_gamma": LayerMapComposite(
+            [(torch.nn.Conv2d, zr.Gamma(0.25)), (torch.nn.Linear, zr.Gamma(0.25))])}
+def grad_x_input(m, composite=None):
     xx = x.detach().requires_grad_(True)
-    y = model(inputs_embeds=xx).logits[:, -1]
-    g, = torch.autograd.grad(y[:, 7].sum(), xx)
+    if composite is not None:
+        composite.register(m)
+    try:  # the input's gradient only, as every method here (no parameter gradients)
+        g, = torch.autograd.grad(fwd(m, xx)[:, 7].sum(), xx)
+    finally:
+        if composite is not None:
+            composite.remove()
     return g * x
-plain = build()
-monkey_patch(transformers.models.gpt2.modeling_gpt2)
-patched = build()
-ts = {"plain": [], "lxt": []}
-run(plain); run(patched)
-for _ in range(repeats):
-    for k, m in (("plain", plain), ("lxt", patched)):
-        t0 = time.perf_counter(); run(m); ts[k].append(time.perf_counter() - t0)
-print(statistics.median(ts["plain"]), statistics.median(ts["lxt"]), min(ts["plain"]), min(ts["lxt"]))
+def timed(methods, model):
+    for f in methods.values():
+        f(model)
+    ts = {k: [] for k in methods}
+    for _ in range(repeats):
+        for k, f in methods.items():
+            t0 = time.perf_counter(); f(model); ts[k].append(time.perf_counter() - t0)
+    for k, v in ts.items():
+        print(k, statistics.median(v), min(v), flush=True)
+model = build()
+timed({"grad_x_input": grad_x_input, **ours}, model)
+lxt = patch()
+model = build()
+timed({k: (lambda m, c=c: grad_x_input(m, c)) for k, c in lxt.items()}, model)
 """
 
 
-def _lxt_times(bs, T, repeats, threads):
+def _lxt_times(name, bs, T, repeats, threads):
+    """Rows ``(method, median s, × g×i, min s, × g×i (min))`` from LXT's process (see
+    ``_LXT_CHILD``) for ``gpt2`` at T tokens or ``vit_b_16``; None if it fails."""
     import subprocess
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    cmd = [sys.executable, "-c", _LXT_CHILD, root, name, str(bs), str(T or 0), str(repeats),
+           str(threads)]
     try:
-        r = subprocess.run([sys.executable, "-c", _LXT_CHILD, str(bs), str(T), str(repeats),
-                            str(threads)], capture_output=True, text=True, timeout=3600)
-        vals = [float(v) for v in r.stdout.split()]
-        return vals if len(vals) == 4 else None
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        vals = {f[0]: (float(f[1]), float(f[2])) for f in
+                (ln.split() for ln in r.stdout.splitlines()) if len(f) == 3}
     except Exception:
         return None
+    if "grad_x_input" not in vals or len(vals) < 3:
+        return None
+    (pl, plmin) = vals.pop("grad_x_input")
+    return [(k, t, t / pl, tmin, tmin / plmin) for k, (t, tmin) in vals.items()]
 
 
 def _model(name, device, seed=0):
@@ -466,10 +523,13 @@ def main(argv=None):
                 x = torch.randn(bs, T, 768, generator=gen).to(device)
                 methods = _text_methods(model, x, 7, device)
                 if device.type == "cpu" and not args.peak_of:
-                    lxt = _lxt_times(bs, T, args.repeats, args.threads)
+                    lxt = _lxt_times(name, bs, T, args.repeats, args.threads)
             elif name.startswith(("vit_", "swin_")):
                 x = torch.randn(bs, 3, args.size, args.size, generator=gen).to(device)
                 methods = _vit_methods(model, x, 7)
+                if name == "vit_b_16" and args.size == 224 and device.type == "cpu" and \
+                        not args.peak_of:
+                    lxt = _lxt_times(name, bs, None, args.repeats, args.threads)
             else:
                 x = torch.randn(bs, 3, args.size, args.size, generator=gen).to(device)
                 methods = _methods(name, model, x, 7, device, not args.no_zennit,
@@ -552,15 +612,14 @@ def main(argv=None):
                     print(f"{label:10s} {bs:5d} {zrow['method']:28s} {zrow['median_s']:9.3f} "
                           f"{zrow['ratio_time']:7.2f} {zrow['min_s']:8.3f} "
                           f"{zrow['ratio_min']:7.2f}   (own process)", flush=True)
-            if lxt is not None:
-                pl, lt, plmin, ltmin = lxt
-                print(f"{label:10s} {bs:5d} {'lxt:attnlrp (own process)':28s} {lt:9.3f} "
-                      f"{lt / pl:7.2f} {ltmin:8.3f} {ltmin / plmin:7.2f} {'':>9s} {'':>9s}",
-                      flush=True)
+            for mname, lt, rt, ltmin, rmin in lxt or ():
+                print(f"{label:10s} {bs:5d} {mname + ' (LXT process)':28s} {lt:9.3f} "
+                      f"{rt:7.2f} {ltmin:8.3f} {rmin:7.2f} {'':>9s} {'':>9s}", flush=True)
                 rows.append(dict(model=name, batch=bs, size=args.size, device=str(device),
-                                 method="lxt:attnlrp", median_s=lt, ratio_time=lt / pl,
-                                 min_s=ltmin, ratio_min=ltmin / plmin, peak_mb=float("nan"),
-                                 ratio_mem=float("nan"), error="", tokens=T))
+                                 method=mname + " (LXT process)", median_s=lt, ratio_time=rt,
+                                 min_s=ltmin,
+                                 ratio_min=rmin, peak_mb=float("nan"), ratio_mem=float("nan"),
+                                 error="", tokens=T))
     with open(args.csv, "w", newline="") as fh:
         fields = list(dict.fromkeys(k for r in rows for k in r))
         w = csv.DictWriter(fh, fieldnames=fields)

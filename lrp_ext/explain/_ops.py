@@ -164,8 +164,9 @@ def _protect(rec, t, func):
     rec.uses.pop(id(t), None)
     if ents:
         copy = t.detach().clone()
-        for ref, node, attr in ents:
-            if ref() is t and getattr(node, attr, None) is not None:
+        for ref, node_ref, attr in ents:
+            node = node_ref()
+            if ref() is t and node is not None and getattr(node, attr, None) is not None:
                 setattr(node, attr, copy)
         rec.protected = (t, copy)  # an in-place activation reads its input from this copy
 

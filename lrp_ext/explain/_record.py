@@ -46,7 +46,9 @@ class Recorder:
     def __init__(self):
         self._meta = {}
         self.layer_out = {}      # id(layer output) -> (weakref, LayerNode): uses, BN merging
-        self.kept = {}           # id(tensor) -> [(weakref, node, attr)]: copied before in-place
+        self.kept = {}           # id(tensor) -> [(weakref, node weakref, attr)]: copied before
+        #                          an in-place change (weak: a node of a discarded graph, e.g.
+        #                          the ops inside an activation module, frees its tensors)
         self.uses = {}           # id(kept tensor) -> dependent ops that used it so far
         self.module_stack = []   # names of the modules being run (for messages)
         self.uncovered = []      # (description) of ops that took the plain gradient
@@ -88,7 +90,7 @@ class Recorder:
         if ents and all(ref() is not t for ref, _, _ in ents):  # an earlier tensor's id
             ents.clear()
             self.uses.pop(id(t), None)
-        ents.append((weakref.ref(t), node, attr))
+        ents.append((weakref.ref(t), weakref.ref(node), attr))
 
     def where(self):
         if not self.module_stack:
