@@ -37,8 +37,9 @@ TORCH_LIBRARY(lrp_ext, m) {
   // both: [W⁺; W⁻] stacked per group, (2O, C/g, *k) laid out (g, 2, O/g, C/g, *k); else W⁺.
   m.def("signed_weights(Tensor W, Tensor? scale, int groups, bool both) -> Tensor");
   // y / x with 0 where x == 0 (the identity rule's ratio of an elementwise activation), one
-  // pass; y and x of one shape, float32 or float64.
-  m.def("safe_ratio(Tensor y, Tensor x) -> Tensor");
+  // pass; y and x of one shape, float32 or float64. With g (x's shape, or K copies stacked
+  // along dim 0): g ⊙ y / x (0·g where x == 0), the identity rule's gradient.
+  m.def("safe_ratio(Tensor y, Tensor x, Tensor? g=None) -> Tensor");
   // A + B where x >= 0 (or NaN), A − B where x < 0 (γ's gradient at an input of both signs,
   // from coefficients' gamma_mixed halves); A and B of one shape, x's or K stacked along dim 0.
   m.def("sign_sum(Tensor A, Tensor B, Tensor x) -> Tensor");
@@ -208,7 +209,22 @@ std::vector<int64_t> coefficients_shape(const at::Tensor& z, const at::Tensor& g
   return shape;
 }
 
-void check_safe_ratio(const at::Tensor& y, const at::Tensor& x) {
+namespace {
+// t has x's shape, or K copies of it stacked along dim 0; one dtype and device with x
+void check_stacked(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
+  const int64_t d = std::min<int64_t>(1, x.dim());
+  TORCH_CHECK(t.dim() == x.dim() && t.sizes().slice(d) == x.sizes().slice(d) &&
+                  (x.dim() == 0 || (x.size(0) == 0 ? t.size(0) == 0 : t.size(0) % x.size(0) == 0)),
+              op, ": ", name, " must have x's shape ", shape_str(x),
+              " or a multiple of its batch, got ", shape_str(t));
+  TORCH_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(), op, ": ", name,
+              " and x must have one dtype and device, got ", t.scalar_type(), " on ", t.device(),
+              " and ", x.scalar_type(), " on ", x.device());
+}
+}  // namespace
+
+void check_safe_ratio(const at::Tensor& y, const at::Tensor& x,
+                      const c10::optional<at::Tensor>& g) {
   TORCH_CHECK(y.sizes() == x.sizes(), "safe_ratio: y and x must have one shape, got ",
               shape_str(y), " and ", shape_str(x));
   TORCH_CHECK(x.scalar_type() == y.scalar_type() && x.device() == y.device(),
@@ -216,21 +232,15 @@ void check_safe_ratio(const at::Tensor& y, const at::Tensor& x) {
               y.device(), " and ", x.scalar_type(), " on ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "safe_ratio: float32 or float64 only, got ", x.scalar_type());
+  if (g.has_value()) check_stacked("safe_ratio", "g", *g, x);
 }
 
 void check_sign_sum(const at::Tensor& A, const at::Tensor& B, const at::Tensor& x) {
   const char* op = "sign_sum";
   TORCH_CHECK(A.sizes() == B.sizes(), op, ": A and B must have one shape, got ", shape_str(A),
               " and ", shape_str(B));
-  TORCH_CHECK(A.dim() == x.dim() && A.sizes().slice(std::min<int64_t>(1, x.dim())) ==
-                  x.sizes().slice(std::min<int64_t>(1, x.dim())) &&
-                  (x.dim() == 0 || (x.size(0) == 0 ? A.size(0) == 0 : A.size(0) % x.size(0) == 0)),
-              op, ": A must have x's shape ", shape_str(x), " or a multiple of its batch, got ",
-              shape_str(A));
-  for (const at::Tensor* t : {&A, &B})
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op,
-                ": A, B and x must have one dtype and device, got ", t->scalar_type(), " on ",
-                t->device(), " and x ", x.scalar_type(), " on ", x.device());
+  check_stacked(op, "A", A, x);
+  check_stacked(op, "B", B, x);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
               ": float32 or float64 only, got ", x.scalar_type());
 }

@@ -40,8 +40,10 @@ void check_coefficients(const at::Tensor& z, const at::Tensor& g, const c10::opt
 // two-coefficient rules (N = g.size(0)), (2, *g's shape) for GAMMA_MIXED.
 std::vector<int64_t> coefficients_shape(const at::Tensor& z, const at::Tensor& g, int64_t kind,
                                         int64_t groups);
-// safe_ratio: y, x of one shape, dtype (float32/float64) and device.
-void check_safe_ratio(const at::Tensor& y, const at::Tensor& x);
+// safe_ratio: y, x of one shape, dtype (float32/float64) and device; g of x's shape or K copies
+// stacked along dim 0, same dtype and device.
+void check_safe_ratio(const at::Tensor& y, const at::Tensor& x,
+                      const c10::optional<at::Tensor>& g);
 // sign_sum: A, B of one shape (x's, or K copies stacked along dim 0), one dtype (float32/float64)
 // and device with x.
 void check_sign_sum(const at::Tensor& A, const at::Tensor& B, const at::Tensor& x);

@@ -148,21 +148,29 @@ def has_model_ops(t):
     return t.dtype in COEF_DTYPES and _device_has_kernels(t.device.type)
 
 
-def _safe_ratio_fake(y, x):
+def _check_stacked_fake(op, name, t, x):
+    if t.dtype != x.dtype or t.device != x.device:
+        raise RuntimeError(f"{op}: {name} and x must have one dtype and device")
+    torch._check(t.dim() == x.dim() and t.shape[1:] == x.shape[1:],
+                 lambda: f"{op}: {name} must have x's shape or a multiple of its batch")
+
+
+def _safe_ratio_fake(y, x, g=None):
     if x.dtype not in COEF_DTYPES or y.dtype != x.dtype or y.device != x.device:
         raise RuntimeError("safe_ratio: y and x must have one dtype (float32/float64) and device")
     torch._check(y.shape == x.shape, lambda: "safe_ratio: y and x must have one shape")
-    return x.new_empty(x.shape)
+    if g is None:
+        return x.new_empty(x.shape)
+    _check_stacked_fake("safe_ratio", "g", g, x)
+    return g.new_empty(g.shape)
 
 
 def _sign_sum_fake(A, B, x):
-    if x.dtype not in COEF_DTYPES or any(t.dtype != x.dtype or t.device != x.device
-                                         for t in (A, B)):
-        raise RuntimeError("sign_sum: A, B and x must have one dtype (float32/float64) and "
-                           "device")
+    if x.dtype not in COEF_DTYPES:
+        raise RuntimeError("sign_sum: float32 or float64 only")
     torch._check(A.shape == B.shape, lambda: "sign_sum: A and B must have one shape")
-    torch._check(A.dim() == x.dim() and A.shape[1:] == x.shape[1:],
-                 lambda: "sign_sum: A must have x's shape or a multiple of its batch")
+    _check_stacked_fake("sign_sum", "A", A, x)
+    _check_stacked_fake("sign_sum", "B", B, x)
     return A.new_empty(A.shape)
 
 

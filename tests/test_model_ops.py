@@ -235,6 +235,36 @@ def test_safe_ratio(isa, dtype):
     torch.library.opcheck(torch.ops.lrp_ext.safe_ratio, (y.where(fin, 1.0), x.where(fin, 2.0)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("K", [1, 3])
+def test_safe_ratio_times_gradient(isa, dtype, K):
+    """With g (x's shape or K copies stacked): g ⊙ y / x, 0·g where x == 0 (NaN for an infinite
+    g there, as g * safe_ratio(y, x) gives it)."""
+    gen = torch.Generator().manual_seed(10 + K)
+    x = torch.randn(4, 6, 5, generator=gen, dtype=dtype)
+    y = torch.randn(4, 6, 5, generator=gen, dtype=dtype)
+    g = torch.randn(K * 4, 6, 5, generator=gen, dtype=dtype)
+    x.view(-1)[::7] = 0.0
+    x.view(-1)[2] = float("nan")
+    y.view(-1)[3] = float("inf")
+    g.view(-1)[0] = float("inf")  # over x == 0: NaN
+    g.view(-1)[5] = float("nan")
+    x, y, g = x.to(isa.device), y.to(isa.device), g.to(isa.device)
+    zero = x == 0
+    r = (y.double() / torch.where(zero, torch.ones_like(x), x).double()).masked_fill(zero, 0)
+    want = (g.double().reshape(K, 4, 6, 5) * r.to(dtype).double()).reshape(g.shape).to(dtype)
+    got = torch.ops.lrp_ext.safe_ratio(y, x, g)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert got.view(-1)[0].isnan()
+    gt = g.transpose(1, 2)  # non-contiguous
+    torch.testing.assert_close(torch.ops.lrp_ext.safe_ratio(y.transpose(1, 2), x.transpose(1, 2),
+                                                            gt), want.transpose(1, 2),
+                               rtol=0, atol=0, equal_nan=True)
+    gf, xf, yf = (torch.randn(t.shape, generator=gen, dtype=dtype).to(isa.device) + 2.0
+                  for t in (g, x, y))
+    torch.library.opcheck(torch.ops.lrp_ext.safe_ratio, (yf, xf, gf))
+
+
 def test_safe_ratio_errors(device):
     _compiled(device)
     x = torch.randn(4, device=device)
@@ -244,6 +274,10 @@ def test_safe_ratio_errors(device):
         torch.ops.lrp_ext.safe_ratio(x, x.double())
     with pytest.raises(RuntimeError, match="float32 or float64"):
         torch.ops.lrp_ext.safe_ratio(x.half(), x.half())
+    with pytest.raises(RuntimeError, match="g must have x's shape"):
+        torch.ops.lrp_ext.safe_ratio(x, x, torch.randn(5, device=device))
+    with pytest.raises(RuntimeError, match="g and x must have one dtype"):
+        torch.ops.lrp_ext.safe_ratio(x, x, x.double())
 
 
 def test_gamma_mixed_is_gamma_with_its_sums():

@@ -424,9 +424,19 @@ void coef_type(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
 }
 
 template <class T>
-void ratio_loop(const T* __restrict__ y, const T* __restrict__ x, T* __restrict__ out,
-                int64_t k0, int64_t k1) {
-  for (int64_t k = k0; k < k1; ++k) out[k] = rule::safe_ratio(y[k], x[k]);
+void ratio_loop(const T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ g,
+                T* __restrict__ out, int64_t n, int64_t k0, int64_t k1) {
+  if (g == nullptr) {
+    for (int64_t k = k0; k < k1; ++k) out[k] = rule::safe_ratio(y[k], x[k]);
+    return;
+  }
+  for (int64_t k = k0; k < k1;) {  // runs within one copy of x, as in sign_sum_loop
+    const int64_t base = k / n * n, end = k1 < base + n ? k1 : base + n;
+    const T* __restrict__ xb = x - base;
+    const T* __restrict__ yb = y - base;
+    for (int64_t i = k; i < end; ++i) out[i] = g[i] * rule::safe_ratio(yb[i], xb[i]);
+    k = end;
+  }
 }
 
 // x has n values, A, B and out L·n (L stacked gradients of x's shape): runs of k within one
@@ -453,12 +463,13 @@ void sign_sum_range(const void* x, const void* A, const void* B, void* out, bool
                 static_cast<const float*>(B), static_cast<float*>(out), n, k0, k1);
 }
 
-void ratio_range(const void* y, const void* x, void* out, bool f64, int64_t k0, int64_t k1) {
+void ratio_range(const void* y, const void* x, const void* g, void* out, bool f64, int64_t n,
+                 int64_t k0, int64_t k1) {
   if (f64)
     return ratio_loop(static_cast<const double*>(y), static_cast<const double*>(x),
-                      static_cast<double*>(out), k0, k1);
-  ratio_loop(static_cast<const float*>(y), static_cast<const float*>(x), static_cast<float*>(out),
-             k0, k1);
+                      static_cast<const double*>(g), static_cast<double*>(out), n, k0, k1);
+  ratio_loop(static_cast<const float*>(y), static_cast<const float*>(x),
+             static_cast<const float*>(g), static_cast<float*>(out), n, k0, k1);
 }
 
 void coef_range(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {

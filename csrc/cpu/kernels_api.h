@@ -42,9 +42,10 @@ struct CoefJob {
   namespace ns {                                                                       \
   /* values [k0, k1) of row `row` */                                                   \
   void coef_range(const CoefJob& job, int64_t row, int64_t k0, int64_t k1);            \
-  /* out[k] = y[k] / x[k], 0 where x[k] == 0, for k in [k0, k1) */                       \
-  void ratio_range(const void* y, const void* x, void* out, bool f64, int64_t k0,       \
-                   int64_t k1);                                                         \
+  /* out[k] = y[k] / x[k], 0 where x[k] == 0 (times g[k] with g, y and x read at k mod n), */ \
+  /* for k in [k0, k1) */                                                               \
+  void ratio_range(const void* y, const void* x, const void* g, void* out, bool f64,    \
+                   int64_t n, int64_t k0, int64_t k1);                                  \
   /* out[k] = rule::sign_sum(x[k mod n], A[k], B[k]) for k in [k0, k1) */              \
   void sign_sum_range(const void* x, const void* A, const void* B, void* out, bool f64, \
                       int64_t n, int64_t k0, int64_t k1);                               \

@@ -3,7 +3,8 @@
 //   math is csrc/rule_math.h (rule::single, rule::pair_pmz), shared with the dense epilogues and
 //   the CUDA kernel; the loops are in kernels.h, compiled once per ISA.
 // - signed_weights: [W⁺; W⁻] of a BatchNorm-merged weight in one pass over W (rule::pos/neg).
-// - safe_ratio: y / x, 0 where x == 0 (rule::safe_ratio), the identity rule's ratio.
+// - safe_ratio: y / x, 0 where x == 0 (rule::safe_ratio), the identity rule's ratio; times g,
+//   its gradient.
 // - sign_sum: A ± B by the sign of x (rule::sign_sum), the gradient at a mixed-sign input of γ.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -102,18 +103,22 @@ Tensor signed_weights_cpu(const Tensor& W_, const c10::optional<Tensor>& scale_,
   return out;
 }
 
-Tensor safe_ratio_cpu(const Tensor& y_, const Tensor& x_) {
-  check_safe_ratio(y_, x_);
+Tensor safe_ratio_cpu(const Tensor& y_, const Tensor& x_, const c10::optional<Tensor>& g_) {
+  check_safe_ratio(y_, x_, g_);
   TORCH_CHECK(x_.device().is_cpu(), "safe_ratio: the CPU kernel got a tensor on ", x_.device());
   const Tensor y = y_.contiguous(), x = x_.contiguous();
-  Tensor out = at::empty(x.sizes(), x.options());
+  const Tensor g = g_.has_value() ? g_->contiguous() : Tensor();
+  Tensor out = at::empty(g.defined() ? g.sizes() : x.sizes(), x.options());
+  if (out.numel() == 0) return out;
   const bool f64 = x.scalar_type() == at::kDouble;
+  const void* gp = g.defined() ? g.data_ptr() : nullptr;
+  const int64_t n = x.numel();
   const Isa isa = pick_isa();
-  at::parallel_for(0, x.numel(), kGrain, [&](int64_t k0, int64_t k1) {
+  at::parallel_for(0, out.numel(), kGrain, [&](int64_t k0, int64_t k1) {
     switch (isa) {
-      case Isa::AVX512: return avx512::ratio_range(y.data_ptr(), x.data_ptr(), out.data_ptr(), f64, k0, k1);
-      case Isa::AVX2: return avx2::ratio_range(y.data_ptr(), x.data_ptr(), out.data_ptr(), f64, k0, k1);
-      case Isa::BASE: return base::ratio_range(y.data_ptr(), x.data_ptr(), out.data_ptr(), f64, k0, k1);
+      case Isa::AVX512: return avx512::ratio_range(y.data_ptr(), x.data_ptr(), gp, out.data_ptr(), f64, n, k0, k1);
+      case Isa::AVX2: return avx2::ratio_range(y.data_ptr(), x.data_ptr(), gp, out.data_ptr(), f64, n, k0, k1);
+      case Isa::BASE: return base::ratio_range(y.data_ptr(), x.data_ptr(), gp, out.data_ptr(), f64, n, k0, k1);
     }
   });
   return out;

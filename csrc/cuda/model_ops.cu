@@ -139,29 +139,35 @@ at::Tensor signed_weights_cuda(const at::Tensor& W_, const c10::optional<at::Ten
   return out;
 }
 
-// safe_ratio: thread per value.
+// safe_ratio: thread per output value (y and x repeat along g's leading copies).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-safe_ratio_kernel(const T* __restrict__ y, const T* __restrict__ x, T* __restrict__ out,
-                  int64_t total) {
+safe_ratio_kernel(const T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ g,
+                  T* __restrict__ out, int64_t total, int64_t n) {
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[idx] = rule::safe_ratio(y[idx], x[idx]);
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const T r = rule::safe_ratio(y[idx % n], x[idx % n]);
+    out[idx] = g != nullptr ? g[idx] * r : r;
+  }
 }
 
-at::Tensor safe_ratio_cuda(const at::Tensor& y_, const at::Tensor& x_) {
-  check_safe_ratio(y_, x_);
+at::Tensor safe_ratio_cuda(const at::Tensor& y_, const at::Tensor& x_,
+                           const c10::optional<at::Tensor>& g_) {
+  check_safe_ratio(y_, x_, g_);
   TORCH_CHECK(x_.is_cuda(), "safe_ratio: the CUDA kernel got a tensor on ", x_.device());
   c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor y = y_.contiguous(), x = x_.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
-  const int64_t total = x.numel();
+  const at::Tensor g = g_.has_value() ? g_->contiguous() : at::Tensor();
+  at::Tensor out = at::empty(g.defined() ? g.sizes() : x.sizes(), x.options());
+  const int64_t total = out.numel();
   if (total == 0) return out;
   const int64_t blocks = grid_for(total);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lrp_ext_safe_ratio", [&] {
     safe_ratio_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0,
                                   at::cuda::getCurrentCUDAStream()>>>(
-        y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total);
+        y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+        g.defined() ? g.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), total,
+        x.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -21,7 +21,7 @@ from .. import conv as _conv
 from .. import ops as _ops
 from .._table import COEF_KIND
 
-__all__ = ["RuleFn", "InplaceRuleFn", "apply", "apply_inplace", "safe_div", "proportional", "Subgraph", "lead", "sum_to"]
+__all__ = ["RuleFn", "InplaceRuleFn", "apply", "apply_inplace", "safe_div", "ratio_grad", "proportional", "Subgraph", "lead", "sum_to"]
 
 _functorch = torch._C._functorch
 _LOCAL = threading.local()
@@ -103,6 +103,18 @@ def safe_div(num, den):
     zero = den == 0
     out = num / torch.where(zero, torch.ones((), dtype=den.dtype, device=den.device), den)
     return out.masked_fill(zero, 0)
+
+
+def ratio_grad(g, y, x):
+    """``g ⊙ y / x`` (0 where ``x == 0``), the identity rule's gradient; ``g`` of ``x``'s shape
+    or with leading dims (several targets).  One fused pass (``lrp_ext::safe_ratio`` with g)."""
+    if x.dim() and y.shape == x.shape and g.dtype == x.dtype == y.dtype and \
+            g.device == x.device and g.shape[g.dim() - x.dim():] == x.shape and \
+            _ops.has_model_ops(x) and not (torch.is_grad_enabled() and g.requires_grad):
+        with torch._C.DisableTorchFunction():
+            return torch.ops.lrp_ext.safe_ratio(y, x, g.reshape((-1,) + tuple(x.shape[1:]))
+                                                ).reshape(g.shape)
+    return g * safe_div(y, x)
 
 
 def proportional(g, y, e):

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from .. import conv as _conv
 from .. import canonize as _canon
 from .. import composite as _comp
-from ._frame import Subgraph, apply, apply_inplace, lead, proportional, safe_div, sum_to
+from ._frame import (Subgraph, apply, apply_inplace, lead, proportional, ratio_grad, safe_div,
+                     sum_to)
 from ._record import GATE, OTHER, REDUCE, Meta
 
 __all__ = ["dispatch", "HANDLERS", "UncoveredOp"]
@@ -630,7 +631,7 @@ class RatioNode:
     def backward(self, g):
         x, y = self.x, self.y
         self.x = self.y = None
-        return (g * safe_div(y, x),)
+        return (ratio_grad(g, y, x),)
 
 
 _RELU = set(_funcs("relu", "relu_", "leaky_relu", "leaky_relu_"))
@@ -854,9 +855,10 @@ class NormNode:
         return (out,)
 
 
-def _norm_value(rec, func, args, kwargs, x, node):
-    with torch.no_grad():
-        value = func(*args, **kwargs)
+def _norm_value(rec, func, args, kwargs, x, node, value=None):
+    if value is None:
+        with torch.no_grad():
+            value = func(*args, **kwargs)
     out = apply(node, [x], value)
     rec.mark(out, Meta())
     return out
@@ -875,12 +877,16 @@ def _trailing_norm(center):
         nd = len(tuple(p["normalized_shape"]))
         dims = tuple(range(-nd, 0))  # trailing: also with the leading dims of several targets
         eps = p["eps"] if p["eps"] is not None else torch.finfo(x.dtype).eps
+        value = None
         with torch.no_grad():
-            ms = x.var(dims, unbiased=False, keepdim=True) if center else \
-                x.pow(2).mean(dims, keepdim=True)
-            inv = torch.rsqrt(ms + eps)
+            if center:  # the output and 1/std from one pass, as the model's layer_norm
+                value, _, inv = torch.native_layer_norm(x, list(p["normalized_shape"]),
+                                                        p["weight"], p["bias"], eps)
+                inv = inv.to(x.dtype)
+            else:
+                inv = torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
         w = None if p["weight"] is None else p["weight"].detach()
-        return _norm_value(rec, func, args, kwargs, x, NormNode(inv, w, dims, center))
+        return _norm_value(rec, func, args, kwargs, x, NormNode(inv, w, dims, center), value)
     return h
 
 
