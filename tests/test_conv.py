@@ -38,6 +38,12 @@ CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _split_small_weights(monkeypatch):
+    """The split backward of weight-bound layers (``_weight_bound``) for the small weights here."""
+    monkeypatch.setattr(fast, "_SPLIT_MIN", 1)
+
+
 def _layer(case, gen, bias):
     nd, tr, C, O, k, stride, padding, dilation, groups, opad, sp = case
     ks = (k,) * nd if isinstance(k, int) else k
