@@ -597,9 +597,10 @@ def _backward_pm(cp, cn, a, spec, sw, nonneg, coef=False, split=False):
     """``a⁺ ⊙ T(c⁺ on W⁺ + c⁻ on W⁻) + a⁻ ⊙ T(c⁻ on W⁺ + c⁺ on W⁻)``; ``cn`` may be None.
 
     ``cp`` is (N, g, O/g, *sp), or the stacked ``[c⁺; c⁻]`` buffer (N, g, 2, O/g, *sp) when
-    ``cn`` is ``"stacked"`` (then ``split``: see :func:`_weight_bound`).  ``coef=True`` returns the input coefficients instead,
-    ``(T(...) for a⁺, T(...) for a⁻)`` (the second None when ``a ≥ 0``; both may be grouped
-    views (N, g, C/g, *sp)): the relevance is ``a⁺ ⊙ first + a⁻ ⊙ second``.
+    ``cn`` is ``"stacked"`` (then ``split``: see :func:`_weight_bound`).  ``coef=True``
+    returns the input coefficients instead, ``(T(...) for a⁺, T(...) for a⁻)`` (the second
+    None when ``a ≥ 0``; both may be grouped views (N, g, C/g, *sp)): the relevance is
+    ``a⁺ ⊙ first + a⁻ ⊙ second``.
     """
     N = cp.shape[0]  # K·N when the coefficients hold K gradients of one forward (coef only)
     if _blocks(spec, nonneg):

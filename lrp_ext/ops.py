@@ -14,7 +14,8 @@ import torch
 from . import _table
 
 OP_NAMES = tuple(_table.OP_TENSORS)
-ALL_OPS = OP_NAMES + ("coefficients", "signed_weights", "safe_ratio", "sign_sum")  # and model-level stages
+# and the model-level stages
+ALL_OPS = OP_NAMES + ("coefficients", "signed_weights", "safe_ratio", "sign_sum")
 
 _load_error: str | None = None
 try:  # importing the extension registers the ops with the dispatcher

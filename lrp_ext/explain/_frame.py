@@ -21,7 +21,8 @@ from .. import conv as _conv
 from .. import ops as _ops
 from .._table import COEF_KIND
 
-__all__ = ["RuleFn", "InplaceRuleFn", "apply", "apply_inplace", "safe_div", "ratio_grad", "proportional", "Subgraph", "lead", "sum_to"]
+__all__ = ["RuleFn", "InplaceRuleFn", "apply", "apply_inplace", "safe_div", "ratio_grad",
+           "proportional", "Subgraph", "lead", "sum_to"]
 
 _functorch = torch._C._functorch
 _LOCAL = threading.local()
