@@ -423,6 +423,18 @@ void coef_type(const CoefJob& j, int64_t row, int64_t k0, int64_t k1) {
   return j.M ? coef_kind<T, false, true>(j, row, k0, k1) : coef_kind<T, false, false>(j, row, k0, k1);
 }
 
+// Values [k0, k1) of L stacked copies of an n-value tensor x: f(i0, i1, base) for each run
+// within one copy (x's value of i is x[i - base]), so that the inner loops have no modulo and
+// vectorize.
+template <class F>
+inline void copy_runs(int64_t n, int64_t k0, int64_t k1, F f) {
+  for (int64_t k = k0; k < k1;) {
+    const int64_t base = k / n * n, end = k1 < base + n ? k1 : base + n;
+    f(k, end, base);
+    k = end;
+  }
+}
+
 template <class T>
 void ratio_loop(const T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ g,
                 T* __restrict__ out, int64_t n, int64_t k0, int64_t k1) {
@@ -430,26 +442,21 @@ void ratio_loop(const T* __restrict__ y, const T* __restrict__ x, const T* __res
     for (int64_t k = k0; k < k1; ++k) out[k] = rule::safe_ratio(y[k], x[k]);
     return;
   }
-  for (int64_t k = k0; k < k1;) {  // runs within one copy of x, as in sign_sum_loop
-    const int64_t base = k / n * n, end = k1 < base + n ? k1 : base + n;
+  copy_runs(n, k0, k1, [&](int64_t i0, int64_t i1, int64_t base) {
     const T* __restrict__ xb = x - base;
     const T* __restrict__ yb = y - base;
-    for (int64_t i = k; i < end; ++i) out[i] = g[i] * rule::safe_ratio(yb[i], xb[i]);
-    k = end;
-  }
+    for (int64_t i = i0; i < i1; ++i) out[i] = g[i] * rule::safe_ratio(yb[i], xb[i]);
+  });
 }
 
-// x has n values, A, B and out L·n (L stacked gradients of x's shape): runs of k within one
-// copy, so that the inner loop has no modulo and vectorizes.
+// x has n values, A, B and out L·n (L stacked gradients of x's shape)
 template <class T>
 void sign_sum_loop(const T* __restrict__ x, const T* __restrict__ A, const T* __restrict__ B,
                    T* __restrict__ out, int64_t n, int64_t k0, int64_t k1) {
-  for (int64_t k = k0; k < k1;) {
-    const int64_t base = k / n * n, end = k1 < base + n ? k1 : base + n;
+  copy_runs(n, k0, k1, [&](int64_t i0, int64_t i1, int64_t base) {
     const T* __restrict__ xb = x - base;
-    for (int64_t i = k; i < end; ++i) out[i] = rule::sign_sum(xb[i], A[i], B[i]);
-    k = end;
-  }
+    for (int64_t i = i0; i < i1; ++i) out[i] = rule::sign_sum(xb[i], A[i], B[i]);
+  });
 }
 
 }  // namespace
