@@ -71,7 +71,8 @@ class ConvSpec:
     """
 
     __slots__ = ("_weight", "raw_weight", "row_scale", "bias", "stride", "padding", "dilation",
-                 "transposed", "output_padding", "groups", "nd", "pre_pad", "known_nonneg")
+                 "transposed", "output_padding", "groups", "nd", "pre_pad", "known_nonneg",
+                 "pointwise")
 
     def __init__(self, weight, bias, stride, padding, dilation, transposed, output_padding,
                  groups, nd, pre_pad=None, row_scale=None):
@@ -81,6 +82,10 @@ class ConvSpec:
         self.transposed, self.output_padding, self.groups = transposed, output_padding, groups
         self.nd, self.pre_pad = nd, pre_pad
         self.known_nonneg = False  # set by callers that know the input is >= 0
+        # a 1×1 convolution with stride 1 and no padding (its kernel checked at each call):
+        # per sample a matrix product over the channels
+        self.pointwise = (nd > 0 and not transposed and groups == 1
+                          and all(v == 1 for v in stride) and all(v == 0 for v in padding))
 
     @property
     def weight(self):
@@ -107,17 +112,29 @@ class ConvSpec:
 
     # -- the two primitive operations, on (possibly block-stacked) weights ----------------
     def fwd(self, x, weight, bias=None, groups=None):
+        if self._gemm(x, weight, groups) and x.shape[0] > 1 and weight.numel() >= x.numel():
+            return _pointwise(weight.reshape(weight.shape[:2]), x, bias)
         return _aten.convolution(x, weight, bias, self.stride, self.padding, self.dilation,
                                  self.transposed, self.output_padding,
                                  self.groups if groups is None else groups)
 
     def bwd(self, grad, in_shape, weight, groups=None):
         """Gradient of ``fwd(x, weight)`` w.r.t. ``x`` (of shape ``in_shape``) for ``grad``."""
+        if self._gemm(grad, weight, groups) and tuple(in_shape[2:]) == tuple(grad.shape[2:]):
+            return _pointwise(weight.reshape(weight.shape[:2]).t(), grad).reshape(in_shape)
         dummy = grad.new_empty(1).expand(in_shape)
         return _aten.convolution_backward(
             grad.contiguous(), dummy, weight.contiguous(), None, self.stride, self.padding,
             self.dilation, self.transposed, self.output_padding,
             self.groups if groups is None else groups, (True, False, False))[0]
+
+    def _gemm(self, x, weight, groups):
+        """Whether this call is a 1×1 convolution that runs as matrix products (CPU): ATen
+        runs those single-threaded through a path that zero-fills and accumulates the input
+        gradient (resnet50's 256→64 layers at batch 8: 40 ms against 18 ms as a batched
+        product), and, at batch > 1, streams the weight once per sample."""
+        return (self.pointwise and (groups is None or groups == 1) and x.device.type == "cpu"
+                and weight.dim() > 2 and all(k == 1 for k in weight.shape[2:]))
 
     # -- block stacking ----------------------------------------------------------------
     def logical(self, w):
@@ -162,6 +179,27 @@ class ConvSpec:
     def grouped(self, y):
         """``(N, O, *sp)`` -> view ``(N, g, O/g, *sp)``."""
         return y.reshape(y.shape[0], self.groups, y.shape[1] // self.groups, *y.shape[2:])
+
+
+def _pointwise(A, x, bias=None):
+    """``A @ x[n]`` for every sample of ``x`` (N, C, *sp), plus ``bias`` per row: a 1×1
+    convolution as matrix products, ``(N, A.shape[0], *sp)``.  One product over all samples
+    when ``A`` outweighs ``x`` (deep layers: the weight is read once, not once per sample;
+    ``x`` and the result are transposed copies, small there), else one per sample."""
+    N, C = x.shape[:2]
+    sp = tuple(x.shape[2:])
+    x3 = x.reshape(N, C, -1)
+    b = None if bias is None else bias.unsqueeze(1)
+    if N == 1:
+        y = torch.mm(A, x3[0]) if b is None else torch.addmm(b, A, x3[0])
+        return y.reshape((1, A.shape[0]) + sp)
+    if A.numel() >= x.numel():
+        x2 = x3.transpose(0, 1).reshape(C, -1)
+        y = torch.mm(A, x2) if b is None else torch.addmm(b, A, x2)
+        return y.reshape(A.shape[0], N, -1).transpose(0, 1).reshape((N, A.shape[0]) + sp)
+    Ab = A.expand(N, *A.shape)
+    y = torch.bmm(Ab, x3) if b is None else torch.baddbmm(b, Ab, x3)
+    return y.reshape((N, A.shape[0]) + sp)
 
 
 def conv_spec(layer, bias=None, *, stride=1, padding=0, dilation=1, groups=1,

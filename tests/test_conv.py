@@ -24,6 +24,10 @@ def _kwargs(rule, a, gen):
     return {}
 
 
+_PARAMS = {"epsilon": dict(epsilon=1e-6), "gamma": dict(gamma=0.3, stabilizer=1e-6),
+           "alpha_beta": dict(alpha=2.0, beta=1.0, stabilizer=1e-6),
+           "z_plus": dict(stabilizer=1e-6)}
+
 # (nd, transposed, C, O, k, stride, padding, dilation, groups, output_padding, spatial)
 CASES = [
     (2, False, 3, 5, 3, 1, 1, 1, 1, 0, (7, 6)),
@@ -35,6 +39,8 @@ CASES = [
     (1, True, 3, 2, 4, 3, 0, 2, 1, 2, (5,)),
     (3, True, 2, 2, 2, 1, 0, 1, 2, 0, (3, 2, 3)),
     (2, False, 8, 8, 3, 1, 0, 1, 1, 0, (4, 4)),  # weight larger than the output: split backward
+    (2, False, 5, 7, 1, 1, 0, 1, 1, 0, (3, 4)),  # 1×1: a product per sample
+    (3, False, 12, 16, 1, 1, 0, 2, 1, 0, (2, 1, 1)),  # 1×1, weight larger than a: one product
 ]
 
 
@@ -95,6 +101,58 @@ def test_backward_in_chunks_of_samples(monkeypatch, rule, chunk):
     kw = _kwargs(rule, a, gen)
     torch.testing.assert_close(getattr(fast, rule)(R, a, W, b, **kw),
                                getattr(ref, rule)(R, a, W, b, **kw), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("N", [1, 3])
+@pytest.mark.parametrize("C,O,sp", [(5, 7, (3, 4)), (12, 16, (2, 1))])
+@pytest.mark.parametrize("rule", ["epsilon", "gamma", "alpha_beta", "z_plus", "w_square"])
+def test_pointwise_conv_as_products(N, C, O, sp, rule):
+    """1×1 convolutions with stride 1 and no padding run as matrix products (one per sample,
+    or one over all samples when the weight outweighs the input): the reference's numbers, on
+    a non-contiguous R, with the model-level entry's K stacked gradients, and with a padded
+    (replicate) 1×1 layer, whose transposed convolution reaches the padded input."""
+    gen = torch.Generator().manual_seed(11 * C + N)
+    W = torch.randn(O, C, 1, 1, generator=gen, dtype=D)
+    b = torch.randn(O, generator=gen, dtype=D)
+    a = torch.rand((N, C) + sp, generator=gen, dtype=D) - 0.2
+    R = torch.randn((N,) + sp + (O,), generator=gen, dtype=D).movedim(-1, 1)
+    assert not R.is_contiguous()
+    spec = fast.conv_spec(W, b)
+    assert spec.pointwise and spec._gemm(a, W, None)
+    got = getattr(fast, rule)(R, a, W, b)
+    torch.testing.assert_close(got, getattr(ref, rule)(R, a, W, b), rtol=1e-9, atol=1e-9)
+    if rule in fast.COEF_RULES:  # K = 2 gradients of one forward, stacked along dim 0
+        params = _PARAMS[rule]
+        with torch.no_grad():
+            z = ref._Layer(W, b, {}, "t").f(a, W, b)
+        g = torch.randn((2 * N,) + tuple(z.shape[1:]), generator=gen, dtype=D)
+        cp, cn = fast.rule_backward(rule, g, a, fast.conv_spec(W, b), output=z, **params)
+        for k in range(2):
+            def part(c):
+                return c.reshape((2 * N,) + tuple(a.shape[1:]))[k * N:(k + 1) * N]
+            rel = a * part(cp) if cn is None else \
+                a.clamp(min=0) * part(cp) + a.clamp(max=0) * part(cn)
+            want = getattr(ref, rule)(z * g[k * N:(k + 1) * N], a, W, b, **params)
+            torch.testing.assert_close(rel, want, rtol=1e-9, atol=1e-9)
+    m = torch.nn.Conv2d(C, O, 1, padding=1, padding_mode="replicate").double()
+    with torch.no_grad():
+        Rm = torch.randn_like(m(a))
+    torch.testing.assert_close(getattr(fast, rule)(Rm, a, m), getattr(ref, rule)(Rm, a, m),
+                               rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("N", [1, 2])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("C,O", [(3, 5), (40, 50)])
+def test_pointwise_products_equal_conv(N, bias, C, O):
+    """The products behind 1×1 convolutions, every branch (one sample; several, with the
+    weight smaller or larger than the input), with and without a bias, against ATen's."""
+    gen = torch.Generator().manual_seed(C + N + bias)
+    W = torch.randn(O, C, 1, 1, generator=gen, dtype=D)
+    b = torch.randn(O, generator=gen, dtype=D) if bias else None
+    a = torch.randn(N, C, 3, 2, generator=gen, dtype=D)
+    torch.testing.assert_close(fast._pointwise(W.reshape(O, C), a, b),
+                               torch.nn.functional.conv2d(a, W, b), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -75,10 +75,11 @@ def apply(node, inputs, value):
 
 class InplaceRuleFn(RuleFn):
     """``forward`` runs ``node.value`` (an in-place function) on ``x`` and marks ``x`` dirty:
-    ``x`` itself becomes the output, with ``node``'s backward as its gradient."""
+    ``x`` itself becomes the output, with ``node``'s backward as its gradient (to ``x`` and to
+    the function's other input-dependent operands)."""
 
     @staticmethod
-    def forward(ctx, node, x):
+    def forward(ctx, node, x, *others):
         ctx.node = node
         fn, node.value = node.value, None
         fn(x)
@@ -86,11 +87,12 @@ class InplaceRuleFn(RuleFn):
         return x
 
 
-def apply_inplace(node, x, fn):
-    """``fn(x)`` changes ``x`` in place (an in-place activation); connect the new ``x`` to the
-    old one through ``node``: one pass over ``x``, no copy of the result."""
+def apply_inplace(node, x, fn, others=()):
+    """``fn(x)`` changes ``x`` in place (an in-place activation, ``x += y``); connect the new
+    ``x`` to the old one (and to ``others``, the tensors ``fn`` reads) through ``node``: one
+    pass over ``x``, no copy of the result."""
     node.value = fn
-    return InplaceRuleFn.apply(node, x)
+    return InplaceRuleFn.apply(node, x, *others)
 
 
 def safe_div(num, den):

@@ -986,14 +986,14 @@ def h_add(rec, func, args, kwargs, deps):
             rec.meta(deps[0]).root is rec.meta(deps[1]).root:
         return NotImplemented  # a sum inside an activation's arithmetic keeps its lineage
     a, b = args
-    with torch.no_grad():
-        value = a + b
     node = SumNode(rule.params["stabilizer"], (a.shape, b.shape))
-    out = apply(node, [a, b], value)
-    del value
     if _inplace(func, kwargs):  # a's old values are copied by whoever keeps them (_protect)
-        a.copy_(out)
-        out = a
+        out = apply_inplace(node, a, lambda t: func(t, b), [b])  # the model's own a += b
+    else:
+        with torch.no_grad():
+            value = a + b
+        out = apply(node, [a, b], value)
+        del value
     node.y = out.detach()
     rec.mark(out, Meta())
     rec.keep(out, node, "y")
