@@ -285,7 +285,7 @@ def _run(rule, R, a, layer, bias, hyper, body, output=None, extra_inputs=()):
         else:
             pad, mode = spec.pre_pad
             ap = F.pad(a, pad, mode=mode)
-            extra = tuple(F.pad(x, pad, mode=mode) for x in extra_inputs)
+            extra = tuple(_pad_bound(x, pad, mode) for x in extra_inputs)
             if body.needs_ones:  # ones in the original input, padded like the input
                 sp = tuple(a.shape[2:])
                 extra = (lambda c: F.pad(torch.ones((1, c) + sp, dtype=a.dtype,
@@ -389,13 +389,12 @@ def rule_backward(rule, g, a, spec: ConvSpec, *, output, nonneg=False, low=None,
     with torch.no_grad():
         extra = ()
         if rule == "z_box":
-            low_, high_ = _checks.bounds(low, high, a)
-            extra = (low_.contiguous(), high_.contiguous())
+            extra = _checks.bounds(low, high, a)
         ap = a
         if spec.pre_pad is not None:  # constant padding only: other modes pad outside the op
             pad, mode = spec.pre_pad
             ap = F.pad(a, pad, mode=mode)
-            extra = tuple(F.pad(x, pad, mode=mode) for x in extra)
+            extra = tuple(_pad_bound(x, pad, mode) for x in extra)
         if coef:
             out = body(None, ap, spec, output, coef=True, g=g)
         elif body.needs_ones and spec.pre_pad is not None:
@@ -403,6 +402,8 @@ def rule_backward(rule, g, a, spec: ConvSpec, *, output, nonneg=False, low=None,
             pad, mode = spec.pre_pad
             out = (body(output * g, ap, spec, output, lambda c: F.pad(
                 torch.ones((1, c) + sp, dtype=a.dtype, device=a.device), pad, mode=mode)),)
+        elif rule == "z_box":  # R = output ⊙ g inside the rule's one elementwise pass
+            out = (body(None, ap, spec, output, *extra, g=g),)
         else:
             out = (body(output * g, ap, spec, output, *extra),)
         if spec.pre_pad is not None:
@@ -416,6 +417,14 @@ def rule_backward(rule, g, a, spec: ConvSpec, *, output, nonneg=False, low=None,
     if coef:
         return out
     return out[0], "relevance"
+
+
+def _pad_bound(x, pad, mode):
+    """A bound of z^B padded like the input; one sample's worth, broadcast again, when it is
+    the same for every sample (a broadcast view)."""
+    if x.dim() and x.shape[0] > 1 and x.stride(0) == 0:
+        return F.pad(x[:1], pad, mode=mode).expand((x.shape[0],) + (-1,) * (x.dim() - 1))
+    return F.pad(x, pad, mode=mode)
 
 
 def _hyper(stride, padding, dilation, groups, transposed, output_padding):
@@ -791,13 +800,19 @@ def _w_square_body(e):
 
 
 def _z_box_body(e):
-    def body(R, a, spec, z, low, high):
+    def body(R, a, spec, z, low, high, g=None):
         W = spec.weight
         Wp, Wn = W.clamp(min=0), W.clamp(max=0)
-        x = spec.stack_inputs([a, low, high])
-        zz = spec.fwd(x, spec.stack_weights([[W, -Wp, -Wn]]))
-        s = R / _stab(zz, e)
-        x_shape = (a.shape[0], 3 * a.shape[1]) + tuple(a.shape[2:])
+        # z = a∗W − (low∗W⁺ + high∗W⁻) (the bias cancels); the bounds' part once for all
+        # samples when they are the same for every sample (numbers, per-channel or per-pixel
+        # bounds: broadcast views), not at the batch's size
+        if low.dim() and low.shape[0] > 1 and low.stride(0) == 0 and high.stride(0) == 0:
+            low, high = low[:1], high[:1]
+        zz = spec.fwd(a, W).sub_(spec.fwd(spec.stack_inputs([low, high]),
+                                          spec.stack_weights([[Wp, Wn]])))
+        s = _coef("z_plus", R, R if z is None else z, g, zz, e=e, alpha=1.0)  # R / stab(zz)
+        del zz
+        x_shape = (s.shape[0], 3 * a.shape[1]) + tuple(a.shape[2:])
         y = spec.split(spec.bwd(s, x_shape, spec.stack_weights([[W, Wp, Wn]])), 3)
         ag, lg, hg = spec.grouped(a), spec.grouped(low), spec.grouped(high)
         return (ag * y[:, :, 0] - lg * y[:, :, 1] - hg * y[:, :, 2]).reshape(a.shape)
@@ -902,7 +917,6 @@ def z_box(R, a, layer, bias=None, *, low=None, high=None, stride=1, padding=0, d
         if spec_nd is not None and a.dim() == spec_nd + 1:
             nd_a = a.unsqueeze(0)
         low_, high_ = _checks.bounds(low, high, nd_a)
-        low_, high_ = low_.contiguous(), high_.contiguous()
     else:
         low_ = high_ = None
     return _run("z_box", R, a, layer, bias,

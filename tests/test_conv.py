@@ -155,6 +155,36 @@ def test_pointwise_products_equal_conv(N, bias, C, O):
                                torch.nn.functional.conv2d(a, W, b), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["numbers", "per-sample", "per-channel padded"])
+def test_z_box_bounds(kind):
+    """z^B's bounds: numbers and per-channel bounds (the same for every sample: their part of
+    the forward sum formed once) and bounds that differ per sample, against the reference;
+    also in the model-level entry (R = output ⊙ g in the rule's one pass)."""
+    gen = torch.Generator().manual_seed(23)
+    m = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect" if "padded" in kind
+                        else "zeros").double()
+    a = torch.rand(3, 3, 6, 5, generator=gen, dtype=D) * 2 - 1
+    if kind == "numbers":
+        low, high = -1.5, 1.25
+    elif kind == "per-sample":
+        low = -torch.rand(a.shape, generator=gen, dtype=D) - 1
+        high = torch.rand(a.shape, generator=gen, dtype=D) + 1
+    else:
+        low = -torch.rand(3, 1, 1, generator=gen, dtype=D) - 1
+        high = torch.rand(3, 1, 1, generator=gen, dtype=D) + 1
+    with torch.no_grad():
+        z = m(a)
+    g = torch.randn(z.shape, generator=gen, dtype=D)
+    want = ref.z_box(z * g, a, m, low=low, high=high)
+    torch.testing.assert_close(fast.z_box(z * g, a, m, low=low, high=high), want, rtol=1e-9,
+                               atol=1e-9)
+    if kind != "per-channel padded":  # the model-level entry pads only with zeros
+        got, how = fast.rule_backward("z_box", g, a, fast.conv_spec(m), output=z, low=low,
+                                      high=high, stabilizer=1e-6)
+        assert how == "relevance"
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_full_kernel_equals_dense(rule):
     """A conv whose kernel covers the whole input is a Linear layer on the flattened input."""
