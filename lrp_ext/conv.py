@@ -607,8 +607,9 @@ def _weight_bound(spec, out):
     batch, dense layers): its backward on ``a ≥ 0`` then runs as two transposed convolutions
     instead of one over the stacked ``[W⁺; W⁻]``, so that oneDNN's reordered copy of the
     weight it works on is ``W``'s size, not twice that: ``c⁻∗W + (c⁺ − c⁻)∗W⁺``
-    (= ``c⁺∗W⁺ + c⁻∗W⁻``) with the layer's own ``W``, only ``W⁺`` built; ``c⁺∗W⁺ + c⁻∗W⁻``
-    on the views of the stack for a merged weight (built in one pass).  Such layers ran as
+    (= ``c⁺∗W⁺ + c⁻∗W⁻``) with the layer's own ``W``, only ``W⁺`` built (for a merged
+    BatchNorm's ``diag(s)·W`` the raw ``W`` with ``s c⁻``: one weight-sized write per call,
+    not two).  Such layers ran as
     fast both ways (a 512×512×3×3 conv at 14² and 28², batch 1 and 8); where the output is
     larger the stacked convolution is faster (1.2–1.3× at 64 channels, 224²), and so it is for
     small weights (under ``_SPLIT_MIN`` values: densenet121's 3×3 convs at batch 1 ran 4 %
@@ -665,10 +666,11 @@ def _backward_pm(cp, cn, a, spec, sw, nonneg, coef=False, split=False):
         y = spec.split(spec.bwd(G, x_shape, spec.stack_weights([[sw.wp(), sw.wn()]])), 2)
     elif nonneg and split:  # two transposed convolutions, the coefficients not stacked
         c_p, c_n = cp[:, 0, 0], cp[:, 0, 1]
-        if spec.row_scale is None:  # c⁻∗W + (c⁺ − c⁻)∗W⁺: the layer's own W, only W⁺ built
-            c = spec.bwd(c_n, a_shape, spec.weight).add_(spec.bwd(c_p - c_n, a_shape, sw.wp()))
-        else:  # a merged weight: W⁺ and W⁻ are views of the stack built in one pass
-            c = spec.bwd(c_p, a_shape, sw.wp()).add_(spec.bwd(c_n, a_shape, sw.wn()))
+        # c⁻∗W + (c⁺ − c⁻)∗W⁺: the layer's own W, only W⁺ built; for a merged weight
+        # diag(s)·W the scale moves to the coefficients, c⁻∗(sW) = (s c⁻)∗W, on the raw W
+        rs = spec.row_scale
+        c_w = c_n if rs is None else c_n * rs.reshape((-1,) + (1,) * (c_n.dim() - 2))
+        c = spec.bwd(c_w, a_shape, spec.raw_weight).add_(spec.bwd(c_p - c_n, a_shape, sw.wp()))
         return (c, None) if coef else c.mul_(a)
     elif nonneg:
         c = _bwd_in_chunks(spec, G, a_shape, sw.pm())
@@ -736,7 +738,7 @@ def _gamma_body(gam, e):
             return _gamma_mixed(R, a, spec, z, g, gam, e, coef)
         sw = _SignedWeights(spec)
         split = _weight_bound(spec, g if R is None else R)
-        if not split or spec.row_scale is not None:  # the stack first: W⁺ and W⁻ are views
+        if not split:  # the stack first: W⁺ and W⁻ are views of it
             sw.pm()
         P, M, z = _signed_sums(a, spec, sw, nonneg, _take(z), need_m=True)
         G = _coef("gamma", R, z, g, P, M, spec.groups, e=e, gamma=gam)
@@ -752,7 +754,7 @@ def _alpha_beta_body(alpha, beta, e):
         need_m = beta != 0
         sw = _SignedWeights(spec)
         split = nonneg and need_m and _weight_bound(spec, g if R is None else R)
-        if need_m and (not split or spec.row_scale is not None) and (nonneg or sw._fused):
+        if need_m and not split and (nonneg or sw._fused):
             sw.pm()
         z = _take(z)
         if not need_m:  # z⁺: P only (z only forms R = z ⊙ g; with R given it gives a shape)

@@ -155,6 +155,37 @@ def test_pointwise_products_equal_conv(N, bias, C, O):
                                torch.nn.functional.conv2d(a, W, b), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("rule", ["epsilon", "gamma", "alpha_beta", "z_plus"])
+@pytest.mark.parametrize("shape", ["weight-bound", "output-bound", "pointwise"])
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_merged_batchnorm_scale(rule, shape, nonneg):
+    """A layer with a BatchNorm merged into it (``row_scale`` s, of both signs, and the merged
+    bias): the model-level entry's numbers are the reference's on the merged weight
+    ``diag(s)·W``, by each backward (split with ``s c⁻`` on the raw weight, stacked)."""
+    gen = torch.Generator().manual_seed(31 + 3 * nonneg + len(shape))
+    C, O, k, sp = {"weight-bound": (6, 8, 3, (3, 3)), "output-bound": (2, 3, 3, (7, 6)),
+                   "pointwise": (9, 12, 1, (2, 2))}[shape]
+    W = torch.randn(O, C, k, k, generator=gen, dtype=D)
+    scale = torch.randn(O, generator=gen, dtype=D)
+    b = torch.randn(O, generator=gen, dtype=D)
+    a = torch.randn((2, C) + sp, generator=gen, dtype=D)
+    if nonneg:
+        a = a.clamp(min=0)
+    Wm = W * scale.reshape(-1, 1, 1, 1)
+    spec = fast.conv_spec(W, None, padding=1 if k == 3 else 0).with_params(W, b, row_scale=scale)
+    hyper = dict(padding=1 if k == 3 else 0)
+    with torch.no_grad():
+        z = ref._Layer(Wm, b, hyper, "t").f(a, Wm, b)
+    assert fast._weight_bound(spec, z) == (shape != "output-bound")
+    g = torch.randn(z.shape, generator=gen, dtype=D)
+    params = _PARAMS[rule]
+    cp, cn = fast.rule_backward(rule, g, a, spec, output=[z.clone()], nonneg=nonneg, **params)
+    cp = cp.reshape(a.shape)  # the coefficients may be grouped views (N, g, C/g, *sp)
+    rel = a * cp if cn is None else a.clamp(min=0) * cp + a.clamp(max=0) * cn.reshape(a.shape)
+    want = getattr(ref, rule)(z * g, a, Wm, b, **hyper, **params)
+    torch.testing.assert_close(rel, want, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("kind", ["numbers", "per-sample", "per-channel padded"])
 def test_z_box_bounds(kind):
     """z^B's bounds: numbers and per-channel bounds (the same for every sample: their part of
