@@ -112,9 +112,9 @@ class _ModuleHooks:
 class _BufferGuard:
     """Buffers as they were before the forward, put back after it (values and objects)."""
 
-    def __init__(self, model):
+    def __init__(self, modules):
         self.saved = []
-        for mod in model.modules():
+        for mod in modules:
             for name, buf in mod._buffers.items():
                 if buf is not None:
                     self.saved.append((mod, name, buf, buf._version, buf.detach().clone()))
@@ -291,7 +291,8 @@ def explain(model, inputs, target=None, *, relevance=None, composite="epsilon_ga
     comp = _comp.get_composite(composite)
     args, kwargs, keys = _inputs(inputs)
     at = [] if at is None else ([at] if isinstance(at, str) else list(at))
-    names = {id(m): n for n, m in model.named_modules()}
+    named = list(model.named_modules())  # one walk of the module tree serves every table below
+    names = {id(m): n for n, m in named}
     unknown = [n for n in at if n not in set(names.values())]
     if unknown:
         raise ValueError(f"explain: at= names no module of the model: {unknown}")
@@ -302,12 +303,12 @@ def explain(model, inputs, target=None, *, relevance=None, composite="epsilon_ga
     rec.names = names
     rec.at, rec.at_out = set(at), {}
     rec.owner = {}
-    for mname, mod in model.named_modules():
+    for mname, mod in named:
         for t in list(mod._parameters.values()) + list(mod._buffers.values()):
             if t is not None:
                 rec.owner.setdefault(id(t), (mname, mod))
 
-    guard = _BufferGuard(model)
+    guard = _BufferGuard(m for _, m in named)
     try:
         with torch.inference_mode(False), torch.enable_grad():
             leaves = {}
