@@ -72,7 +72,7 @@ class ConvSpec:
 
     __slots__ = ("_weight", "raw_weight", "row_scale", "bias", "stride", "padding", "dilation",
                  "transposed", "output_padding", "groups", "nd", "pre_pad", "known_nonneg",
-                 "pointwise")
+                 "sign_check", "pointwise")
 
     def __init__(self, weight, bias, stride, padding, dilation, transposed, output_padding,
                  groups, nd, pre_pad=None, row_scale=None):
@@ -82,6 +82,7 @@ class ConvSpec:
         self.transposed, self.output_padding, self.groups = transposed, output_padding, groups
         self.nd, self.pre_pad = nd, pre_pad
         self.known_nonneg = False  # set by callers that know the input is >= 0
+        self.sign_check = True  # else γ takes its path for inputs of both signs unchecked
         # a 1×1 convolution with stride 1 and no padding (its kernel checked at each call):
         # per sample a matrix product over the channels
         self.pointwise = (nd > 0 and not transposed and groups == 1
@@ -313,7 +314,7 @@ def _float_spec(spec):
     out = spec.with_params(spec.raw_weight.float(),
                            None if spec.bias is None else spec.bias.float(),
                            None if rs is None else rs.float())
-    out.known_nonneg = spec.known_nonneg
+    out.known_nonneg, out.sign_check = spec.known_nonneg, spec.sign_check
     return out
 
 
@@ -363,7 +364,7 @@ COEF_RULES = frozenset(("zero", "epsilon", "gamma", "alpha_beta", "z_plus"))
 
 
 def rule_backward(rule, g, a, spec: ConvSpec, *, output, nonneg=False, low=None,
-                  high=None, **params):
+                  high=None, sign_check=True, **params):
     """One layer's rule for model-level code, on validated tensors (``a``: (N, C, *sp)), in
     the gradient×input frame: the relevance at the output is ``output ⊙ g``.
 
@@ -373,9 +374,12 @@ def rule_backward(rule, g, a, spec: ConvSpec, *, output, nonneg=False, low=None,
     layer's forward output (reused by ε, γ, αβ), or a list holding it as its one element: the
     rule takes it out, so that it is freed once the rule's coefficients are formed (before
     the transposed convolution) when the caller holds no other reference.  ``nonneg``
-    promises ``a ≥ 0``.
+    promises ``a ≥ 0``.  ``sign_check=False``: for γ, an input not promised to be ``≥ 0``
+    takes the path for inputs of both signs (right for any signs) without the pass over ``a``
+    that would look for a negative value (model-level code, whose forward knows which inputs
+    are ReLU outputs).
     """
-    spec.known_nonneg = bool(nonneg)
+    spec.known_nonneg, spec.sign_check = bool(nonneg), bool(sign_check)
     body = _BODIES[rule](params)
     coef = rule in COEF_RULES
     if not coef:
@@ -733,7 +737,7 @@ def _gamma_mixed(R, a, spec, z, g, gam, e, coef):
 
 def _gamma_body(gam, e):
     def body(R, a, spec, z, coef=False, g=None):
-        nonneg = spec.known_nonneg or _nonneg(a)
+        nonneg = spec.known_nonneg or (spec.sign_check and _nonneg(a))
         if not nonneg:
             return _gamma_mixed(R, a, spec, z, g, gam, e, coef)
         sw = _SignedWeights(spec)

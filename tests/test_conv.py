@@ -186,6 +186,29 @@ def test_merged_batchnorm_scale(rule, shape, nonneg):
     torch.testing.assert_close(rel, want, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("signs", ["a >= 0", "both"])
+def test_gamma_without_sign_check(monkeypatch, signs):
+    """Model-level γ with ``sign_check=False`` does not look at a's signs (the look fails
+    here) and takes the path for inputs of both signs: the reference's numbers either way."""
+    def no_look(a):
+        raise AssertionError("a's signs were looked at")
+    monkeypatch.setattr(fast, "_nonneg", no_look)
+    gen = torch.Generator().manual_seed(41)
+    W = torch.randn(5, 3, 3, 3, generator=gen, dtype=D)
+    b = torch.randn(5, generator=gen, dtype=D)
+    a = torch.randn(2, 3, 6, 7, generator=gen, dtype=D)
+    if signs == "a >= 0":
+        a = a.clamp(min=0)
+    with torch.no_grad():
+        z = ref._Layer(W, b, {}, "t").f(a, W, b)
+    g = torch.randn(z.shape, generator=gen, dtype=D)
+    gin, none = fast.rule_backward("gamma", g, a, fast.conv_spec(W, b), output=z,
+                                   sign_check=False, **_PARAMS["gamma"])
+    assert none is None
+    torch.testing.assert_close(a * gin, ref.gamma(z * g, a, W, b, **_PARAMS["gamma"]),
+                               rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("kind", ["numbers", "per-sample", "per-channel padded"])
 def test_z_box_bounds(kind):
     """z^B's bounds: numbers and per-channel bounds (the same for every sample: their part of

@@ -324,7 +324,7 @@ class LayerNode:
         self.z = None
         del z, z2
         res = _conv.rule_backward(rule.name, g2, a2, spec, output=held, nonneg=self.nonneg,
-                                  low=low, high=high, **params)
+                                  sign_check=False, low=low, high=high, **params)
         self.a = None
         if relevance_rule:
             Rin = res[0].reshape(L + shape)
