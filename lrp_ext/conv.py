@@ -26,8 +26,8 @@ Rule parameters and defaults: ``zero()``, ``epsilon(epsilon=1e-6)``,
 ``z_box(low, high, stabilizer=1e-6)`` (``low``/``high``: floats or tensors broadcastable to
 ``a``).  The result has ``a``'s shape and dtype and carries no autograd history.
 
-Implementation: ATen convolutions (oneDNN on CPU, cuDNN on GPU) on modified weights built once
-per call.  Weights are stacked so that one convolution yields several partial results: the
+Implementation: ATen convolutions (oneDNN on CPU, cuDNN on GPU; 1×1 convolutions with stride 1
+and no padding as matrix products on CPU) on modified weights built once per call.  Weights are stacked so that one convolution yields several partial results: the
 forward of ``[W⁺; W⁻]`` gives ``P = Σ(a W)⁺ + b⁺`` and ``M = Σ(a W)⁻ + b⁻`` together, and one
 input-gradient convolution on ``[c⁺; c⁻]`` with ``[W⁺; W⁻]`` gives the whole backward.  With
 ``z = P + M``:
