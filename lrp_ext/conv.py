@@ -27,8 +27,8 @@ Rule parameters and defaults: ``zero()``, ``epsilon(epsilon=1e-6)``,
 ``a``).  The result has ``a``'s shape and dtype and carries no autograd history.
 
 Implementation: ATen convolutions (oneDNN on CPU, cuDNN on GPU; 1×1 convolutions with stride 1
-and no padding as matrix products on CPU) on modified weights built once per call.  Weights are stacked so that one convolution yields several partial results: the
-forward of ``[W⁺; W⁻]`` gives ``P = Σ(a W)⁺ + b⁺`` and ``M = Σ(a W)⁻ + b⁻`` together, and one
+and no padding as matrix products on CPU) on modified weights built once per call.  Weights are
+stacked so that one convolution yields several partial results: the forward of ``[W⁺; W⁻]`` gives ``P = Σ(a W)⁺ + b⁺`` and ``M = Σ(a W)⁻ + b⁻`` together, and one
 input-gradient convolution on ``[c⁺; c⁻]`` with ``[W⁺; W⁻]`` gives the whole backward.  With
 ``z = P + M``:
 
@@ -423,10 +423,16 @@ def rule_backward(rule, g, a, spec: ConvSpec, *, output, nonneg=False, low=None,
     return out[0], "relevance"
 
 
+def _same_per_sample(x):
+    """Whether ``x`` (a bound of z^B) is a view broadcast over the batch: its first sample
+    stands for all."""
+    return x.dim() > 0 and x.shape[0] > 1 and x.stride(0) == 0
+
+
 def _pad_bound(x, pad, mode):
     """A bound of z^B padded like the input; one sample's worth, broadcast again, when it is
     the same for every sample (a broadcast view)."""
-    if x.dim() and x.shape[0] > 1 and x.stride(0) == 0:
+    if _same_per_sample(x):
         return F.pad(x[:1], pad, mode=mode).expand((x.shape[0],) + (-1,) * (x.dim() - 1))
     return F.pad(x, pad, mode=mode)
 
@@ -613,8 +619,8 @@ def _weight_bound(spec, out):
     weight it works on is ``W``'s size, not twice that: ``c⁻∗W + (c⁺ − c⁻)∗W⁺``
     (= ``c⁺∗W⁺ + c⁻∗W⁻``) with the layer's own ``W``, only ``W⁺`` built (for a merged
     BatchNorm's ``diag(s)·W`` the raw ``W`` with ``s c⁻``: one weight-sized write per call,
-    not two).  Such layers ran as
-    fast both ways (a 512×512×3×3 conv at 14² and 28², batch 1 and 8); where the output is
+    not two).  Such layers ran as fast both ways (a 512×512×3×3 conv at 14² and 28², batch 1
+    and 8); where the output is
     larger the stacked convolution is faster (1.2–1.3× at 64 channels, 224²), and so it is for
     small weights (under ``_SPLIT_MIN`` values: densenet121's 3×3 convs at batch 1 ran 4 %
     slower split), where the copies are small anyway."""
@@ -812,7 +818,7 @@ def _z_box_body(e):
         # z = a∗W − (low∗W⁺ + high∗W⁻) (the bias cancels); the bounds' part once for all
         # samples when they are the same for every sample (numbers, per-channel or per-pixel
         # bounds: broadcast views), not at the batch's size
-        if low.dim() and low.shape[0] > 1 and low.stride(0) == 0 and high.stride(0) == 0:
+        if _same_per_sample(low) and _same_per_sample(high):
             low, high = low[:1], high[:1]
         zz = spec.fwd(a, W).sub_(spec.fwd(spec.stack_inputs([low, high]),
                                           spec.stack_weights([[Wp, Wn]])))

@@ -988,7 +988,7 @@ def h_add(rec, func, args, kwargs, deps):
     a, b = args
     node = SumNode(rule.params["stabilizer"], (a.shape, b.shape))
     if _inplace(func, kwargs):  # a's old values are copied by whoever keeps them (_protect)
-        out = apply_inplace(node, a, lambda t: func(t, b), [b])  # the model's own a += b
+        out = apply_inplace(node, a, lambda t: func(t, b, **kwargs), [b])  # the model's a += b
     else:
         with torch.no_grad():
             value = a + b
