@@ -72,7 +72,7 @@ class ConvSpec:
 
     __slots__ = ("_weight", "raw_weight", "row_scale", "bias", "stride", "padding", "dilation",
                  "transposed", "output_padding", "groups", "nd", "pre_pad", "known_nonneg",
-                 "sign_check", "pointwise")
+                 "sign_check", "pointwise", "keep")
 
     def __init__(self, weight, bias, stride, padding, dilation, transposed, output_padding,
                  groups, nd, pre_pad=None, row_scale=None):
@@ -87,6 +87,10 @@ class ConvSpec:
         # per sample a matrix product over the channels
         self.pointwise = (nd > 0 and not transposed and groups == 1
                           and all(v == 1 for v in stride) and all(v == 0 for v in padding))
+        # None, or a dict in which the rules keep the tensors they derive from the weights
+        # (signed weights, |W|) for later calls on this spec (set by ``explain.Explainer``,
+        # which drops it when a parameter changes)
+        self.keep = None
 
     @property
     def weight(self):
@@ -475,6 +479,22 @@ def _epsilon_body(e):
     return body
 
 
+def _kept(spec, name, make):
+    """``make()``, or what it returned on an earlier call for this spec (``spec.keep``)."""
+    keep = spec.keep
+    if keep is None:
+        return make()
+    v = keep.get(name)
+    if v is None:
+        v = keep[name] = make()
+    return v
+
+
+def _signed(spec):
+    """The spec's :class:`_SignedWeights` (built lazily; kept across calls with ``spec.keep``)."""
+    return _kept(spec, "signed", lambda: _SignedWeights(spec))
+
+
 class _SignedWeights:
     """``W⁺``/``W⁻`` and their block stacks, each built at most once per call.
 
@@ -721,7 +741,7 @@ def _gamma_mixed(R, a, spec, z, g, gam, e, coef):
     the sign of ``a``).
     """
     W, b = spec.weight, spec.bias
-    Wabs = W.abs()
+    Wabs = _kept(spec, "abs", W.abs)
     z = _take(z)
     if z is None:
         z = spec.fwd(a, W, b)
@@ -746,7 +766,7 @@ def _gamma_body(gam, e):
         nonneg = spec.known_nonneg or (spec.sign_check and _nonneg(a))
         if not nonneg:
             return _gamma_mixed(R, a, spec, z, g, gam, e, coef)
-        sw = _SignedWeights(spec)
+        sw = _signed(spec)
         split = _weight_bound(spec, g if R is None else R)
         if not split:  # the stack first: W⁺ and W⁻ are views of it
             sw.pm()
@@ -762,7 +782,7 @@ def _alpha_beta_body(alpha, beta, e):
     def body(R, a, spec, z, coef=False, g=None):
         nonneg = spec.known_nonneg or _nonneg(a)
         need_m = beta != 0
-        sw = _SignedWeights(spec)
+        sw = _signed(spec)
         split = nonneg and need_m and _weight_bound(spec, g if R is None else R)
         if need_m and not split and (nonneg or sw._fused):
             sw.pm()

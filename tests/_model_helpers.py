@@ -4,6 +4,7 @@ leave untouched on a model.
 """
 import copy
 import hashlib
+import threading
 
 import torch
 
@@ -190,3 +191,24 @@ def rel_err(got, want):
 def top_target(out):
     """Index of the largest-magnitude logit of each sample (a nonzero target)."""
     return out.detach().abs().argmax(dim=1)
+
+
+def in_threads(fn, inputs, repeats=3):
+    """``fn(x)`` for every ``x`` of ``inputs``, each in its own thread, all at once, ``repeats``
+    times per thread; the last result of each (an exception in any thread is raised)."""
+    got, errors = [None] * len(inputs), []
+
+    def work(i):
+        try:
+            for _ in range(repeats):
+                got[i] = fn(inputs[i])
+        except Exception as exc:  # pragma: no cover - raised below
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return got

@@ -1,6 +1,5 @@
 """explain(): semantics, independence from zennit-specific details, safety and argument errors."""
 import io
-import threading
 
 import pytest
 import torch
@@ -10,6 +9,8 @@ from lrp_ext import conv_reference as cref
 from lrp_ext import reference as dref
 from lrp_ext.composite import Composite, Epsilon, Gamma, Gradient, Norm
 from lrp_ext.explain import explain
+
+from _model_helpers import in_threads
 
 nn = torch.nn
 
@@ -123,21 +124,7 @@ def test_two_threads_same_model():
     model = Residual().eval()
     xs = [torch.randn(2, 3, 8, 8) for _ in range(4)]
     want = [explain(model, x, target=1, composite="epsilon_plus") for x in xs]
-    got = [None] * len(xs)
-    errors = []
-
-    def work(i):
-        try:
-            for _ in range(3):
-                got[i] = explain(model, xs[i], target=1, composite="epsilon_plus")
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    got = in_threads(lambda x: explain(model, x, target=1, composite="epsilon_plus"), xs)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
 

@@ -437,6 +437,7 @@ def cmd_evaluate(args):
     low, high = _bounds(args, data.bounds())
     target = args.target if args.target is not None else out.argmax(1)
     attributions = {}
+    explainers = {}  # one lrp_ext.Explainer per composite, kept across the batches
     for m in methods + [GRADIENT_X_INPUT, RANDOM]:
         if m in attributions:
             continue
@@ -445,7 +446,7 @@ def cmd_evaluate(args):
             xb = x[i:i + args.batch_size]
             tb = target if isinstance(target, int) else target[i:i + args.batch_size]
             rels.append(attribute(model, xb, m, target=tb, low=low, high=high,
-                                  seed=args.seed + i)[0])
+                                  seed=args.seed + i, explainers=explainers)[0])
         attributions[m] = torch.cat(rels)
     try:
         results = ev.evaluate_attributions(model, x, attributions, target=target,

@@ -443,11 +443,12 @@ def compute_shard(model, data, s, n, shard_size, batch_size, method, device, low
                   top_k=None):
     start, stop = shard_range(s, n, shard_size)
     rels, targets, scores, labels = [], [], [], []
+    explainers = {}  # what the rules derive from the weights, kept across the shard's batches
     for b in range(start, stop, batch_size):
         x, y = data.batch(b, min(b + batch_size, stop))
         x = x.to(device)
         rel, out, t = attribute(model, x, method, target=target, low=low, high=high, seed=b,
-                                top_k=top_k)
+                                top_k=top_k, explainers=explainers)
         rels.append(rel.float().cpu().numpy())
         targets += t.cpu().tolist()
         sc = out.gather(1, t if top_k else t[:, None])

@@ -269,14 +269,17 @@ def resolve_target(out, target):
     return t
 
 
-def attribute(model, x, method, target=None, low=None, high=None, seed=0, top_k=None):
+def attribute(model, x, method, target=None, low=None, high=None, seed=0, top_k=None,
+              explainers=None):
     """Attribution of ``model``'s output for ``target`` (default: predicted class) to ``x``.
 
     ``method``: an LRP composite name, ``gradient_x_input`` or ``random``. The relevance fed in at
     the output is the target logit (one-hot times output), so for conservative rules the input
     relevance sums to about that logit. ``top_k``: the ``top_k`` highest-scoring classes of each
-    sample instead, from one forward (relevance (N, top_k, ...), targets (N, top_k)). Returns
-    ``(relevance, output, target)``.
+    sample instead, from one forward (relevance (N, top_k, ...), targets (N, top_k)).
+    ``explainers``: a dict kept by a caller that explains many batches with this model; it
+    holds one ``lrp_ext.Explainer`` per composite, which keeps what the rules derive from the
+    weights between batches. Returns ``(relevance, output, target)``.
     """
     out = forward(model, x)
     if top_k is not None:
@@ -317,12 +320,25 @@ def attribute(model, x, method, target=None, low=None, high=None, seed=0, top_k=
     if method == "epsilon_gamma_box":
         kwargs = {k: torch.as_tensor(v, dtype=x.dtype).to(x.device).expand(x.shape)
                   .contiguous() for k, v in (("low", low), ("high", high))}
-    fn = _explain_fn()
+    if explainers is None:
+        fn = _explain_fn()
+
+        def run(**kw):
+            return fn(model, x, composite=method, **kw)
+    else:
+        ex = explainers.get(method)
+        if ex is None:
+            _explain_fn()  # the same error as below for a build without it
+            from lrp_ext.explain import Explainer
+            ex = explainers[method] = Explainer(model, method)
+
+        def run(**kw):
+            return ex(x, **kw)
     try:
         if top_k:  # one forward, the top_k targets in one batched backward
-            rel = fn(model, x, target=t, composite=method, **kwargs)
+            rel = run(target=t, **kwargs)
         else:
-            rel = fn(model, x, relevance=r_out, composite=method, **kwargs)
+            rel = run(relevance=r_out, **kwargs)
     except (TypeError, ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
         raise InputError(f"LRP ({method}) failed on this model: {_one_line(exc)}") from None
     if isinstance(rel, tuple):

@@ -27,9 +27,10 @@ import torch
 from .. import composite as _comp
 from ._frame import safe_div
 from ._ops import UncoveredOp, dispatch, identity_rule
+from ._prepared import Prepared
 from ._record import Meta, Recorder, RecordMode, current
 
-__all__ = ["explain", "UncoveredOp"]
+__all__ = ["explain", "Explainer", "UncoveredOp"]
 
 _HOOK_LOCK = threading.Lock()
 _HOOKS = {"count": 0, "handles": None}
@@ -278,7 +279,19 @@ def explain(model, inputs, target=None, *, relevance=None, composite="epsilon_ga
     Returns the relevance (a tensor for a tensor input; a tuple with None for non-floating
     entries; a dict of the floating entries), then ``{name: relevance}`` when ``at`` is given,
     then the output when ``return_output``.
+
+    For many calls on one model, :class:`Explainer` gives the same results and keeps what the
+    rules derive from the weights between calls.
     """
+    return _explain(model, inputs, target, relevance=relevance, composite=composite, low=low,
+                    high=high, canonize=canonize, return_output=return_output, at=at,
+                    strict=strict, output=output)
+
+
+def _explain(model, inputs, target=None, *, relevance=None, composite="epsilon_gamma_box",
+             low=None, high=None, canonize=True, return_output=False, at=None, strict=True,
+             output=None, prepared=None):
+    """:func:`explain`; ``prepared``: a :class:`~._prepared.Prepared` store for this model."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"explain: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
@@ -302,11 +315,15 @@ def explain(model, inputs, target=None, *, relevance=None, composite="epsilon_ga
     rec.low, rec.high = low, high
     rec.names = names
     rec.at, rec.at_out = set(at), {}
-    rec.owner = {}
+    tensors = []
     for mname, mod in named:
         for t in list(mod._parameters.values()) + list(mod._buffers.values()):
-            if t is not None:
-                rec.owner.setdefault(id(t), (mname, mod))
+            if t is not None and id(t) not in rec.owner:
+                rec.owner[id(t)] = (mname, mod)
+                tensors.append(t)
+    if prepared is not None:
+        prepared.check(tensors)
+        rec.prepared = prepared
 
     guard = _BufferGuard(m for _, m in named)
     try:
@@ -365,3 +382,53 @@ def explain(model, inputs, target=None, *, relevance=None, composite="epsilon_ga
     if return_output:
         parts.append(out.detach())
     return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+class Explainer:
+    """:func:`explain` for one model and composite, keeping what the rules derive from the
+    model's weights between calls: each layer's weights with its merged BatchNorm, the signed
+    weights ``W⁺``/``W⁻`` of z⁺, γ and αβ, and ``|W|``.  Repeated calls (a data set, several
+    batches) then skip that work; the results are those of :func:`explain`.
+
+    ``Explainer(model, composite="epsilon_gamma_box", *, canonize=True, **defaults)``;
+    ``defaults`` are any other keyword arguments of :func:`explain` (``low``, ``high``,
+    ``strict``, ``output``, ...), which a call may override:
+    ``explainer(inputs, target=None, **kwargs)``.
+
+    The kept tensors cost memory: up to about twice the size of the weights of the layers
+    that z⁺, γ and αβ apply to, held as long as the explainer lives.  They are rebuilt when a
+    parameter or buffer of the model is replaced or changed in place by a PyTorch op (its
+    version counter moves: optimiser steps, ``load_state_dict``); after a change that bypasses
+    the counter, such as ``p.data.copy_(…)``, call :meth:`refresh`.  Calls are serialised by a lock (one explainer may serve several threads,
+    one call at a time).
+    """
+
+    def __init__(self, model, composite="epsilon_gamma_box", *, canonize=True, **defaults):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"Explainer: model must be an nn.Module, got {type(model).__name__}")
+        bad = sorted(set(defaults) - _CALL_KWARGS)
+        if bad:
+            raise TypeError(f"Explainer: unknown keyword argument(s) {bad}; the keywords of "
+                            f"explain are {sorted(_CALL_KWARGS)}")
+        self.model, self.composite = model, _comp.get_composite(composite)
+        self.canonize, self.defaults = bool(canonize), defaults
+        self._prepared = Prepared()
+        self._lock = threading.Lock()
+
+    def __call__(self, inputs, target=None, **kwargs):
+        bad = sorted(set(kwargs) - _CALL_KWARGS)
+        if bad:
+            raise TypeError(f"Explainer: unknown keyword argument(s) {bad}; the keywords of a "
+                            f"call are {sorted(_CALL_KWARGS)}")
+        kw = dict(self.defaults, **kwargs)
+        with self._lock:
+            return _explain(self.model, inputs, target, composite=self.composite,
+                            canonize=self.canonize, prepared=self._prepared, **kw)
+
+    def refresh(self):
+        """Drop the kept tensors (they are rebuilt at the next call)."""
+        with self._lock:
+            self._prepared.clear()
+
+
+_CALL_KWARGS = frozenset(("relevance", "low", "high", "return_output", "at", "strict", "output"))

@@ -276,8 +276,8 @@ def _bind(names, args, kwargs, defaults):
 class LayerNode:
     """A Linear/conv layer: its rule's coefficients are the backward."""
 
-    def __init__(self, rec, rule, spec, a, z, name, module, nonneg):
-        self.rec, self.rule, self.spec = rec, rule, spec
+    def __init__(self, rec, rule, spec, a, z, name, module, nonneg, key=None):
+        self.rec, self.rule, self.spec, self.key = rec, rule, spec, key
         self.a, self.z, self.name, self.module = a, z, name, module
         self.nonneg = nonneg
         self.uses = 0
@@ -288,10 +288,19 @@ class LayerNode:
         rec, rule = self.rec, self.rule
         a, spec, z = self.a, self.spec, self.z
         if self.bn is not None:
-            z, self.bn.y = self.bn.y, None
-            dt = spec.raw_weight.dtype
-            b = _canon.merge_bias(spec.bias, self.bn.scale, self.bn.shift, dt)
-            spec = spec.with_params(spec.raw_weight, b, row_scale=self.bn.scale.to(dt))
+            bn = self.bn
+            z, bn.y = bn.y, None
+
+            def merged(spec=spec):
+                dt = spec.raw_weight.dtype
+                b = _canon.merge_bias(spec.bias, bn.scale, bn.shift, dt)
+                out = spec.with_params(spec.raw_weight, b, row_scale=bn.scale.to(dt))
+                out.keep = {} if rec.prepared is not None else None
+                return out
+            if self.key is None or bn.key is None:
+                spec = merged()
+            else:  # kept between calls (Explainer)
+                spec = rec.prepared.get(("merged", self.key, bn.key), merged)
         elif z is None:  # dropped for a BatchNorm merge that did not happen: recompute it
             with torch.no_grad():
                 unb = not isinstance(spec, _conv.LinearSpec) and a.dim() == spec.nd + 1
@@ -366,9 +375,10 @@ def _rule_for(rec, owner, kind_type, first_ok=True):
     return rule
 
 
-def _layer(rec, func, args, kwargs, x, W, make_spec, kind_type):
+def _layer(rec, func, args, kwargs, x, W, make_spec, kind_type, key=None):
     """A layer op ``func`` with input ``x``; ``W`` names its module (the owner of the weight),
-    ``make_spec()`` builds its :class:`~lrp_ext.conv.ConvSpec`."""
+    ``make_spec()`` builds its :class:`~lrp_ext.conv.ConvSpec`; ``key`` (from
+    ``rec.prepared_key``, or None) finds it in the store an Explainer keeps between calls."""
     owner = rec.owner.get(id(W))
     rule = _rule_for(rec, owner, kind_type)
     if rule.name == "gradient":  # LRP-0 without a stabiliser: the plain op
@@ -378,8 +388,16 @@ def _layer(rec, func, args, kwargs, x, W, make_spec, kind_type):
     with torch.no_grad():
         value = func(*args, **kwargs)
     m = rec.meta(x)
-    node = LayerNode(rec, rule, make_spec(), x.detach(), value, owner[0] if owner else None,
-                     owner[1] if owner else None, bool(m is not None and m.nonneg))
+    if key is None:
+        spec = make_spec()
+    else:
+        def kept_spec():
+            out = make_spec()
+            out.keep = {}
+            return out
+        spec = rec.prepared.get(("layer",) + key, kept_spec)
+    node = LayerNode(rec, rule, spec, x.detach(), value, owner[0] if owner else None,
+                     owner[1] if owner else None, bool(m is not None and m.nonneg), key)
     inputs = [x]
     key = rec.inputs.get(id(x))
     if key is not None and rule.name in _RELEVANCE_RULES:
@@ -403,7 +421,7 @@ def h_linear(rec, func, args, kwargs, deps):
         return h_bilinear(rec, func, args, kwargs, deps)
     return _layer(rec, func, args, kwargs, x, W,
                   lambda: _conv.LinearSpec(W.detach(), None if b is None else b.detach()),
-                  torch.nn.Linear)
+                  torch.nn.Linear, rec.prepared_key((W, b), "linear"))
 
 
 @register("addmm")
@@ -414,7 +432,8 @@ def h_addmm(rec, func, args, kwargs, deps):
             or rec.meta(b) is not None or b.dim() != 1:
         return NotImplemented
     return _layer(rec, func, args, kwargs, x, W,
-                  lambda: _conv.LinearSpec(W.detach().t(), b.detach()), torch.nn.Linear)
+                  lambda: _conv.LinearSpec(W.detach().t(), b.detach()), torch.nn.Linear,
+                  rec.prepared_key((W, b), "addmm"))
 
 
 @register("matmul", "mm", "__matmul__", "bmm")
@@ -425,7 +444,7 @@ def h_matmul(rec, func, args, kwargs, deps):
         return h_bilinear(rec, func, args, kwargs, deps)
     if da and b.dim() == 2 and a.dim() >= 1 and func is not torch.bmm:
         return _layer(rec, func, (a, b), {}, a, b, lambda: _conv.LinearSpec(b.detach().t(), None),
-                      torch.nn.Linear)
+                      torch.nn.Linear, rec.prepared_key((b,), "matmul"))
     return _generic_linear(rec, func, args, kwargs, deps)
 
 
@@ -507,6 +526,7 @@ def _generic_linear(rec, func, args, kwargs, deps):
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONVT_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups",
                "dilation")
+_HYPER = ("stride", "padding", "dilation", "groups", "output_padding")
 _CONV_TYPES = {(1, False): torch.nn.Conv1d, (2, False): torch.nn.Conv2d,
                (3, False): torch.nn.Conv3d, (1, True): torch.nn.ConvTranspose1d,
                (2, True): torch.nn.ConvTranspose2d, (3, True): torch.nn.ConvTranspose3d}
@@ -528,7 +548,8 @@ def _conv_handler(nd, transposed):
                                    stride=p["stride"], padding=p["padding"],
                                    dilation=p["dilation"], groups=p["groups"],
                                    transposed=transposed, output_padding=p["output_padding"])
-        return _layer(rec, func, args, kwargs, x, W, spec, _CONV_TYPES[(nd, transposed)])
+        key = rec.prepared_key((W, b), nd, transposed, *(repr(p[k]) for k in _HYPER))
+        return _layer(rec, func, args, kwargs, x, W, spec, _CONV_TYPES[(nd, transposed)], key)
     return h
 
 
@@ -543,8 +564,8 @@ for _nd in (1, 2, 3):
 # BatchNorm: merged into the layer before it, or an affine layer with the ε rule
 # ---------------------------------------------------------------------------------------------
 class BatchNormNode:
-    def __init__(self, rec, rule, layer, scale, shift, canonize):
-        self.rec, self.rule, self.layer = rec, rule, layer
+    def __init__(self, rec, rule, layer, scale, shift, canonize, key=None):
+        self.rec, self.rule, self.layer, self.key = rec, rule, layer, key
         self.scale, self.shift, self.canonize = scale, shift, canonize
         self.x = self.y = None
 
@@ -591,10 +612,16 @@ def h_batch_norm(rec, func, args, kwargs, deps):
         raise ValueError(f"explain: module {_owner_str(owner)} is in training mode (batch statistics); "
                          "call model.eval() first (explain evaluates the model as in "
                          "inference)")
+    key = rec.prepared_key([p[k] for k in ("running_mean", "running_var", "weight", "bias")],
+                           float(p["eps"]))
+
+    def scale_shift():
+        return _canon.bn_scale_shift(p["running_mean"], p["running_var"], p["weight"],
+                                     p["bias"], p["eps"])
     with torch.no_grad():
         value = func(*args, **kwargs)
-        scale, shift = _canon.bn_scale_shift(p["running_mean"], p["running_var"], p["weight"],
-                                             p["bias"], p["eps"])
+        scale, shift = scale_shift() if key is None else rec.prepared.get(("bn",) + key,
+                                                                          scale_shift)
     ent = rec.layer_out.get(id(x))
     layer = ent[1] if ent is not None and ent[0]() is x else None
     mod = owner[1] if owner else None
@@ -603,7 +630,7 @@ def h_batch_norm(rec, func, args, kwargs, deps):
                                   torch.nn.BatchNorm2d, False)
     if rule is None:
         rule = _comp.Epsilon()
-    node = BatchNormNode(rec, rule, layer, scale, shift, rec.canonize)
+    node = BatchNormNode(rec, rule, layer, scale, shift, rec.canonize, key)
     if rule.name == "pass":
         node.x = x.detach()
         rec.keep(x, node, "x")

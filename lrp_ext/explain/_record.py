@@ -56,6 +56,21 @@ class Recorder:
         self.inputs = {}         # id(model input as the model sees it) -> its key
         self.direct = {}         # key -> tensor whose gradient is the input's direct relevance
         self.protected = None    # (tensor, copy of its values) from the last in-place change
+        self.owner = {}          # id(parameter or buffer) -> (module name, module)
+        self.prepared = None     # a Prepared store kept between calls (Explainer), or None
+
+    def prepared_key(self, tensors, *extra):
+        """A key of :attr:`prepared` for what is derived from ``tensors`` (None entries
+        allowed), or None: no store, or a tensor that is not a parameter or buffer of the
+        model (one computed in the forward may differ at the next call under the same id)."""
+        if self.prepared is None:
+            return None
+        ids = []
+        for t in tensors:
+            if t is not None and id(t) not in self.owner:
+                return None
+            ids.append(None if t is None else id(t))
+        return tuple(ids) + extra
 
     def direct_input(self, key, x):
         """A zero tensor of ``x``'s shape that a rule whose relevance is not a multiple of the

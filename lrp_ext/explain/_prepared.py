@@ -1,0 +1,41 @@
+"""What the engine derives from a model's weights, kept between explain calls by an
+:class:`~lrp_ext.explain.Explainer`."""
+from __future__ import annotations
+
+__all__ = ["Prepared"]
+
+
+class Prepared:
+    """Layer specs (weights and hyper-parameters, merged BatchNorms; through ``ConvSpec.keep``
+    the signed weights and ``|W|`` the rules build) and BatchNorm scales, by key.
+
+    They stay valid while every parameter and buffer of the model is the same tensor, at the
+    same address, with the same version counter: in-place changes through PyTorch ops bump it
+    (optimiser steps, ``load_state_dict``, ``p.add_(…)``), and :meth:`check` then empties the
+    store.  A change that bypasses the counter (``p.data.copy_(…)``) needs :meth:`clear`.
+    """
+
+    def __init__(self):
+        self._stamp = None
+        self._items = {}
+
+    def clear(self):
+        self._items.clear()
+        self._stamp = None
+
+    def check(self, tensors):
+        """Empty the store unless ``tensors`` (the model's parameters and buffers, in a fixed
+        order) are those it was filled from, unchanged."""
+        stamp = [(id(t), t._version, t.data_ptr()) for t in tensors]
+        if stamp != self._stamp:
+            self._items.clear()
+            self._stamp = stamp
+
+    def get(self, key, make):
+        v = self._items.get(key)
+        if v is None:
+            v = self._items[key] = make()
+        return v
+
+    def __len__(self):
+        return len(self._items)
