@@ -183,3 +183,23 @@ def test_arguments():
         got = ex(x, 0) if lo == -1.0 else ex(x, 0, low=lo, high=hi)
         want = lrp_ext.explain(model, x, 0, composite=box, low=lo, high=hi)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_kept_bytes():
+    """One αβ conv on an input of both signs keeps W⁺ and W⁻ (2 × 3·2·3·3 float64 values)
+    and nothing of the model's own weight."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.Flatten()).double().eval()
+    ex = lrp_ext.Explainer(model, Composite(layer_map=[(nn.Conv2d, AlphaBeta(2.0, 1.0))]))
+    assert ex.kept_bytes() == 0
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        z = model[0](x)
+    R = torch.zeros_like(z)
+    R[:, 1] = z[:, 1]
+    torch.testing.assert_close(ex(x, relevance=R.flatten(1)),
+                               cref.alpha_beta(R, x, model[0], alpha=2.0, beta=1.0),
+                               rtol=1e-9, atol=1e-12)
+    assert ex.kept_bytes() == 2 * 3 * 2 * 3 * 3 * 8
+    ex.refresh()
+    assert ex.kept_bytes() == 0

@@ -430,5 +430,12 @@ class Explainer:
         with self._lock:
             self._prepared.clear()
 
+    def kept_bytes(self):
+        """Memory held between calls: the bytes of the kept tensors (not counting the model's
+        own parameters and buffers)."""
+        with self._lock:
+            own = list(self.model.parameters()) + list(self.model.buffers())
+            return self._prepared.nbytes(own)
+
 
 _CALL_KWARGS = frozenset(("relevance", "low", "high", "return_output", "at", "strict", "output"))

@@ -2,6 +2,8 @@
 :class:`~lrp_ext.explain.Explainer`."""
 from __future__ import annotations
 
+import torch
+
 __all__ = ["Prepared"]
 
 
@@ -39,3 +41,27 @@ class Prepared:
 
     def __len__(self):
         return len(self._items)
+
+    def nbytes(self, exclude=()):
+        """Bytes of the tensors held, counting each storage once and none of ``exclude`` (the
+        model's own parameters and buffers, which the kept specs share)."""
+        seen = {t.untyped_storage().data_ptr() for t in exclude}
+        total = 0
+        stack = list(self._items.values())
+        while stack:
+            v = stack.pop()
+            if isinstance(v, torch.Tensor):
+                st = v.untyped_storage()
+                if st.data_ptr() not in seen:
+                    seen.add(st.data_ptr())
+                    total += st.nbytes()
+            elif isinstance(v, (tuple, list)):
+                stack.extend(v)
+            elif isinstance(v, dict):
+                stack.extend(v.values())
+            elif v is not None and not isinstance(v, (str, int, float, bool)):
+                # a spec (slots) or its signed weights (a dict; its ``spec`` is walked anyway)
+                names = {n for c in type(v).__mro__ for n in getattr(c, "__slots__", ())}
+                names |= set(getattr(v, "__dict__", {}))
+                stack.extend(getattr(v, n, None) for n in names - {"spec", "__weakref__"})
+        return total
