@@ -35,6 +35,10 @@ class ConvArgs(NamedTuple):
 
 
 def _tuple(v, nd, name, rule):
+    if type(v) is int:
+        return (v,) * nd
+    if type(v) is tuple and len(v) == nd and all(type(x) is int for x in v):
+        return v  # a module's own hyper-parameters (the common case, checked cheaply)
     if isinstance(v, int) and not isinstance(v, bool):
         return (int(v),) * nd
     try:

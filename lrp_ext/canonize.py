@@ -25,13 +25,11 @@ BATCHNORM_TYPES = (torch.nn.modules.batchnorm._BatchNorm,)
 
 def bn_scale_shift(running_mean, running_var, weight, bias, eps):
     """``(scale, shift)`` with ``BN(y) = y·scale + shift`` in inference mode."""
-    scale = torch.rsqrt(running_var.detach() + eps)
+    scale = (running_var.detach() + eps).rsqrt_()
     if weight is not None:
-        scale = weight.detach() * scale
-    shift = -running_mean.detach() * scale
-    if bias is not None:
-        shift = shift + bias.detach()
-    return scale, shift
+        scale = scale.mul_(weight.detach())
+    shift = (running_mean.detach() * scale).neg_()
+    return scale, shift if bias is None else shift.add_(bias.detach())
 
 
 def _bn_scale_shift(bn):

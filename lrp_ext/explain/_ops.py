@@ -62,23 +62,23 @@ def _name(func):
 # dispatch
 # ---------------------------------------------------------------------------------------------
 def _deps(rec, args, kwargs):
-    found = []
-    seen = set()
-
-    def visit(v):
+    """The input-dependent tensors among the arguments (also inside lists and tuples), each
+    once, in order."""
+    found, seen = [], set()
+    table = rec._meta
+    for v in (*args, *kwargs.values()) if kwargs else args:
         if isinstance(v, T):
-            if id(v) not in seen and rec.meta(v) is not None:
+            e = table.get(id(v))
+            if e is not None and e[0]() is v and id(v) not in seen:
                 seen.add(id(v))
                 found.append(v)
         elif isinstance(v, (list, tuple)):
             for u in v:
-                if isinstance(u, T) and id(u) not in seen and rec.meta(u) is not None:
-                    seen.add(id(u))
-                    found.append(u)
-    for v in args:
-        visit(v)
-    for v in kwargs.values():
-        visit(v)
+                if isinstance(u, T):
+                    e = table.get(id(u))
+                    if e is not None and e[0]() is u and id(u) not in seen:
+                        seen.add(id(u))
+                        found.append(u)
     return found
 
 
