@@ -162,17 +162,24 @@ def test_run_config_mismatch_refused(tmp_path):
     assert not ds.check_run_config(str(tmp_path / "new"), {"method": "x"})
 
 
-@pytest.mark.parametrize("method", ["epsilon_plus_flat", "gradient_x_input", "random"])
+@pytest.mark.parametrize("method", ["epsilon_plus_flat", "epsilon_gamma_box", "gradient_x_input",
+                                    "random"])
 def test_explain_dataset_top_k(tmp_path, method):
     """--top-k: each sample's K highest-scoring classes from one call; relevance (N, K, ...),
-    targets and scores per class; equal to explaining each of those classes on its own."""
+    targets and scores per class; equal to explaining each of those classes on its own (z^B
+    on a first conv layer: its bounds per sample, for every class)."""
     model = _tiny_model()
+    if method == "epsilon_gamma_box":
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(),
+                                    torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
     x = torch.randn(10, 3, 2, 2)
     torch.save({"x": x, "y": torch.arange(10) % 3}, tmp_path / "d.pt")
     data = ds.open_dataset(str(tmp_path / "d.pt"), ds.Preprocess())
     out = str(tmp_path / "out")
     config = {"sample_shape": [3, 2, 2], "top_k": 2}
-    kw = dict(method=method, config=config, batch_size=2, shard_size=4, progress=False, top_k=2)
+    kw = dict(method=method, config=config, batch_size=2, shard_size=4, progress=False, top_k=2,
+              low=-4.0, high=4.0)
     assert ds.explain_dataset(model, data, out, **kw) == 3
     ds.write_index(out, len(data), 4, config)
     rel = ds.load_relevance(out)
@@ -187,7 +194,7 @@ def test_explain_dataset_top_k(tmp_path, method):
     if method == "random":
         return
     for k in range(2):
-        want, _, _ = attribute(model, x, method, target=top[:, k])
+        want, _, _ = attribute(model, x, method, target=top[:, k], low=-4.0, high=4.0)
         np.testing.assert_allclose(rel[:, k], want.numpy(), rtol=1e-5, atol=1e-6)
     # a shard of the wrong shape (a run without --top-k) is found damaged
     assert ds.check_shard(out, 0, 10, 4, [3, 2, 2]) is not None

@@ -75,6 +75,29 @@ def test_matches_separate_calls(composite, per_sample):
     assert got.abs().sum() > 0
 
 
+@pytest.mark.parametrize("bounds", ["per_sample", "broadcast", "per_channel"])
+def test_z_box_bounds_per_sample(bounds):
+    """z^B bounds given as tensors: one per sample (N, C, H, W), one broadcast over the batch,
+    one per channel; the rule at batch T·N takes each sample's own bounds for every target."""
+    model = _net(torch.float64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=g)
+    if bounds == "per_sample":
+        low = -3.0 - torch.rand(x.shape, dtype=torch.float64, generator=g)
+        high = 3.0 + torch.rand(x.shape, dtype=torch.float64, generator=g)
+    elif bounds == "broadcast":
+        low = torch.full((1, 3, 8, 8), -3.5, dtype=torch.float64).expand(x.shape)
+        high = torch.linspace(3, 4, 64, dtype=torch.float64).reshape(8, 8).expand(x.shape)
+    else:
+        low = torch.tensor([-3.0, -4.0, -5.0], dtype=torch.float64).reshape(3, 1, 1)
+        high = torch.tensor([3.0, 4.0, 5.0], dtype=torch.float64).reshape(3, 1, 1)
+    for targets in (torch.tensor([[0, 3, 6]]), torch.tensor([[0, 3], [6, 1], [2, 2]])):
+        kw = dict(composite="epsilon_gamma_box", low=low, high=high)
+        got = explain(model, x, targets, **kw)
+        torch.testing.assert_close(got, _separate(model, x, targets, **kw), rtol=1e-10,
+                                   atol=1e-12)
+
+
 def test_matches_separate_calls_float32_at_and_output():
     model = _net(torch.float32)
     x = torch.randn(2, 3, 8, 8)

@@ -318,8 +318,10 @@ def attribute(model, x, method, target=None, low=None, high=None, seed=0, top_k=
         high = x.detach().amax() if high is None else high
     kwargs = {}
     if method == "epsilon_gamma_box":
+        # broadcast views: z^B forms the bounds' part once for a bound the same for every
+        # sample
         kwargs = {k: torch.as_tensor(v, dtype=x.dtype).to(x.device).expand(x.shape)
-                  .contiguous() for k, v in (("low", low), ("high", high))}
+                  for k, v in (("low", low), ("high", high))}
     if explainers is None:
         fn = _explain_fn()
 

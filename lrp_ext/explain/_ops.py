@@ -329,6 +329,7 @@ class LayerNode:
         if relevance_rule and L:  # relevance not a multiple of a: the rule at batch K·N
             reps = (L[0],) + (1,) * (a2.dim() - 1)
             a2, z2 = a2.repeat(reps), z2.repeat(reps)
+            low, high = (_per_target(v, a2.dim(), L[0]) for v in (low, high))
         held = [z2]  # the rule takes z out of it and frees it before its transposed conv
         self.z = None
         del z, z2
@@ -351,6 +352,17 @@ class LayerNode:
 
 
 _RELEVANCE_RULES = frozenset(("flat", "w_square", "z_box"))
+
+
+def _per_target(v, nd, K):
+    """A z^B bound for the rule at batch K·N (the K targets' gradients stacked): a bound with
+    a batch dim of N > 1 (one per sample) repeated K times; one that is the same for every
+    sample (a broadcast view) as one sample's worth; anything else as it is."""
+    if not isinstance(v, T) or v.dim() != nd or v.shape[0] == 1:
+        return v
+    if v.stride(0) == 0:
+        return v[:1]
+    return v.repeat((K,) + (1,) * (nd - 1))
 
 
 def _rule_for(rec, owner, kind_type, first_ok=True):
