@@ -203,3 +203,16 @@ def test_kept_bytes():
     assert ex.kept_bytes() == 2 * 3 * 2 * 3 * 3 * 8
     ex.refresh()
     assert ex.kept_bytes() == 0
+
+
+def test_lazy_module():
+    """A LazyLinear is materialised by the first call; the next calls match explain."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    ex = lrp_ext.Explainer(model, "epsilon_plus")
+    first = ex(x, 1)
+    for _ in range(2):
+        want = lrp_ext.explain(model, x, 1, composite="epsilon_plus")
+        torch.testing.assert_close(first, want, rtol=0, atol=0)
+        torch.testing.assert_close(ex(x, 1), want, rtol=0, atol=0)

@@ -28,7 +28,7 @@ class Prepared:
     def check(self, tensors):
         """Empty the store unless ``tensors`` (the model's parameters and buffers, in a fixed
         order) are those it was filled from, unchanged."""
-        stamp = [(id(t), t._version, t.data_ptr()) for t in tensors]
+        stamp = [_stamp(t) for t in tensors]
         if stamp != self._stamp:
             self._items.clear()
             self._stamp = stamp
@@ -65,3 +65,13 @@ class Prepared:
                 names |= set(getattr(v, "__dict__", {}))
                 stack.extend(getattr(v, n, None) for n in names - {"spec", "__weakref__"})
         return total
+
+
+
+def _stamp(t):
+    """Identity, version and address of a parameter or buffer (an uninitialised lazy
+    parameter, or one without plain storage, by what it has)."""
+    try:
+        return id(t), type(t), t._version, t.data_ptr()
+    except Exception:  # noqa: BLE001 - e.g. sparse, or a LazyModule's placeholder (ValueError)
+        return id(t), type(t), None, None
