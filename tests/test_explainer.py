@@ -216,3 +216,18 @@ def test_lazy_module():
         want = lrp_ext.explain(model, x, 1, composite="epsilon_plus")
         torch.testing.assert_close(first, want, rtol=0, atol=0)
         torch.testing.assert_close(ex(x, 1), want, rtol=0, atol=0)
+
+
+def test_first_call_under_inference_mode():
+    """What the first call keeps, made under ``torch.inference_mode()``, serves later calls
+    outside it (and under no_grad)."""
+    model = _model()
+    x = torch.randn(2, 2, 9, 9, dtype=torch.float64)
+    ex = lrp_ext.Explainer(model, COMP)
+    want = _by_hand(model, x, 1)
+    with torch.inference_mode():
+        first = ex(x, 1)
+    with torch.no_grad():
+        third = ex(x, 1)
+    for got in (first, ex(x, 1), third):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

@@ -602,7 +602,8 @@ class BatchNormNode:
         if name == "gradient":
             return (g * s,)
         e = self.rule.params.get("epsilon", 1e-6) if name == "epsilon" else 1e-9
-        return (s * proportional(g, y, e),)
+        out = proportional(g, y, e)  # a fresh tensor: scaled in place when the types allow
+        return (out.mul_(s) if torch.result_type(out, s) == out.dtype else out * s,)
 
 
 @register("batch_norm", where=(F,))
