@@ -560,7 +560,8 @@ def _conv_handler(nd, transposed):
                                    stride=p["stride"], padding=p["padding"],
                                    dilation=p["dilation"], groups=p["groups"],
                                    transposed=transposed, output_padding=p["output_padding"])
-        key = rec.prepared_key((W, b), nd, transposed, *(repr(p[k]) for k in _HYPER))
+        key = None if rec.prepared is None else \
+            rec.prepared_key((W, b), nd, transposed, *(repr(p[k]) for k in _HYPER))
         return _layer(rec, func, args, kwargs, x, W, spec, _CONV_TYPES[(nd, transposed)], key)
     return h
 
