@@ -399,8 +399,8 @@ class Explainer:
     that z⁺, γ and αβ apply to, held as long as the explainer lives.  They are rebuilt when a
     parameter or buffer of the model is replaced or changed in place by a PyTorch op (its
     version counter moves: optimiser steps, ``load_state_dict``); after a change that bypasses
-    the counter, such as ``p.data.copy_(…)``, call :meth:`refresh`.  Calls are serialised by a lock (one explainer may serve several threads,
-    one call at a time).
+    the counter, such as ``p.data.copy_(…)``, call :meth:`refresh`.  Calls are serialised by
+    a lock (one explainer may serve several threads, one call at a time).
     """
 
     def __init__(self, model, composite="epsilon_gamma_box", *, canonize=True, **defaults):
