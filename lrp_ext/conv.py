@@ -28,8 +28,9 @@ Rule parameters and defaults: ``zero()``, ``epsilon(epsilon=1e-6)``,
 
 Implementation: ATen convolutions (oneDNN on CPU, cuDNN on GPU; 1×1 convolutions with stride 1
 and no padding as matrix products on CPU) on modified weights built once per call.  Weights are
-stacked so that one convolution yields several partial results: the forward of ``[W⁺; W⁻]`` gives ``P = Σ(a W)⁺ + b⁺`` and ``M = Σ(a W)⁻ + b⁻`` together, and one
-input-gradient convolution on ``[c⁺; c⁻]`` with ``[W⁺; W⁻]`` gives the whole backward.  With
+stacked so that one convolution yields several partial results: the forward of ``[W⁺; W⁻]``
+gives ``P = Σ(a W)⁺ + b⁺`` and ``M = Σ(a W)⁻ + b⁻`` together, and one input-gradient
+convolution on ``[c⁺; c⁻]`` with ``[W⁺; W⁻]`` gives the whole backward.  With
 ``z = P + M``:
 
 - gamma: ``z_p = z + γP``, ``z_n = z + γM``; ``s_p = R[z>0]/stab(z_p)``,
@@ -640,10 +641,10 @@ def _weight_bound(spec, out):
     (= ``c⁺∗W⁺ + c⁻∗W⁻``) with the layer's own ``W``, only ``W⁺`` built (for a merged
     BatchNorm's ``diag(s)·W`` the raw ``W`` with ``s c⁻``: one weight-sized write per call,
     not two).  Such layers ran as fast both ways (a 512×512×3×3 conv at 14² and 28², batch 1
-    and 8); where the output is
-    larger the stacked convolution is faster (1.2–1.3× at 64 channels, 224²), and so it is for
-    small weights (under ``_SPLIT_MIN`` values: densenet121's 3×3 convs at batch 1 ran 4 %
-    slower split), where the copies are small anyway."""
+    and 8); where the output is larger the stacked convolution is faster (1.2–1.3× at 64
+    channels, 224²), and so it is for small weights (under ``_SPLIT_MIN`` values:
+    densenet121's 3×3 convs at batch 1 ran 4 % slower split), where the copies are small
+    anyway."""
     n = spec.raw_weight.numel()
     return spec.groups == 1 and not spec.transposed and n >= _SPLIT_MIN and n >= out.numel()
 

@@ -294,13 +294,11 @@ class LayerNode:
             def merged(spec=spec):
                 dt = spec.raw_weight.dtype
                 b = _canon.merge_bias(spec.bias, bn.scale, bn.shift, dt)
-                out = spec.with_params(spec.raw_weight, b, row_scale=bn.scale.to(dt))
-                out.keep = {} if rec.prepared is not None else None
-                return out
+                return spec.with_params(spec.raw_weight, b, row_scale=bn.scale.to(dt))
             if self.key is None or bn.key is None:
                 spec = merged()
             else:  # kept between calls (Explainer)
-                spec = rec.prepared.get(("merged", self.key, bn.key), merged)
+                spec = rec.prepared.spec(("merged", self.key, bn.key), merged)
         elif z is None:  # dropped for a BatchNorm merge that did not happen: recompute it
             with torch.no_grad():
                 unb = not isinstance(spec, _conv.LinearSpec) and a.dim() == spec.nd + 1
@@ -400,14 +398,7 @@ def _layer(rec, func, args, kwargs, x, W, make_spec, kind_type, key=None):
     with torch.no_grad():
         value = func(*args, **kwargs)
     m = rec.meta(x)
-    if key is None:
-        spec = make_spec()
-    else:
-        def kept_spec():
-            out = make_spec()
-            out.keep = {}
-            return out
-        spec = rec.prepared.get(("layer",) + key, kept_spec)
+    spec = make_spec() if key is None else rec.prepared.spec(("layer",) + key, make_spec)
     node = LayerNode(rec, rule, spec, x.detach(), value, owner[0] if owner else None,
                      owner[1] if owner else None, bool(m is not None and m.nonneg), key)
     inputs = [x]

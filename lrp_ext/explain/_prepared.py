@@ -39,6 +39,15 @@ class Prepared:
             v = self._items[key] = make()
         return v
 
+    def spec(self, key, make):
+        """The layer spec under ``key`` (``make()`` the first time), given a ``keep`` dict in
+        which its rules keep what they derive from its weights."""
+        def kept():
+            out = make()
+            out.keep = {}
+            return out
+        return self.get(key, kept)
+
     def __len__(self):
         return len(self._items)
 
@@ -65,7 +74,6 @@ class Prepared:
                 names |= set(getattr(v, "__dict__", {}))
                 stack.extend(getattr(v, n, None) for n in names - {"spec", "__weakref__"})
         return total
-
 
 
 def _stamp(t):
