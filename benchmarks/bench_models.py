@@ -63,7 +63,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from lrp_ext.explain import Explainer, explain  # noqa: E402
+from lrp_ext.explain import explain  # noqa: E402
 
 COMPOSITES = ("epsilon_gamma_box", "epsilon_plus_flat")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -386,6 +386,7 @@ def _methods(name, model, x, target, device, with_zennit, with_captum):
         kw = dict(low=low, high=high) if comp == "epsilon_gamma_box" else {}
         out[f"lrp_ext:{comp}"] = (lambda comp=comp, kw=kw:
                                   explain(model, x, tgt, composite=comp, **kw))
+    from lrp_ext.explain import Explainer  # here: profile_model.py --tree imports older trees
     for comp in COMPOSITES:  # repeated calls: the weights' derived tensors kept between them
         kw = dict(low=low, high=high) if comp == "epsilon_gamma_box" else {}
         ex = Explainer(model, comp, **kw)

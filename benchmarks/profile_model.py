@@ -6,6 +6,9 @@ beside gradient×input's, for one model, preset and batch size.
 Usage::
 
     PYTHONPATH=. python benchmarks/profile_model.py --model resnet50 --batch 1 --threads 1
+
+``--tree DIR`` profiles the lrp_ext of another built checkout (an older commit, for a
+before/after table), with gradient×input timed beside it in the same process.
 """
 from __future__ import annotations
 
@@ -17,11 +20,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_models import MEAN, STD, _model  # noqa: E402
-from lrp_ext.explain import explain  # noqa: E402
-
+HERE = os.path.dirname(os.path.abspath(__file__))
 CONV = ("conv", "mkldnn_convolution", "addmm", "mm", "bmm", "matmul", "linear")
 
 
@@ -57,7 +56,13 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--tree", default=os.path.dirname(HERE), metavar="DIR",
+                   help="import lrp_ext from this built checkout (default: this one)")
     args = p.parse_args(argv)
+    sys.path.insert(0, args.tree)
+    sys.path.insert(1, HERE)
+    from lrp_ext.explain import explain  # from args.tree, before bench_models adds this tree
+    from bench_models import MEAN, STD, _model
     torch.set_num_threads(args.threads)
     model = _model(args.model, "cpu")
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
@@ -74,6 +79,7 @@ def main(argv=None):
     g, gw = buckets(gxi, args.reps)
     r, rw = buckets(lrp, args.reps)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {args.model} b{args.batch} {args.composite}, "
+          f"lrp_ext of {os.path.dirname(os.path.dirname(sys.modules['lrp_ext'].__file__))}, "
           f"torch threads={torch.get_num_threads()} (profiled: times include the profiler's "
           f"overhead)")
     print(f"| {'ms per call':28s} | gradient×input | lrp_ext |")
